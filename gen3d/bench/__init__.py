@@ -1,0 +1,10 @@
+"""Benchmarks: `gen3d bench NAME --json PATH [--quick]`.
+
+Each benchmark is a module with `run(quick: bool, out_dir: Path) -> list[dict]` (rows; extra files such
+as sample grids go to `out_dir`, the JSON's folder) registered below by name;
+`gen3d.bench.report` writes the shared JSON layout and prints the table.
+"""
+
+BENCHMARKS = {
+    "samplers": "gen3d.bench.samplers",
+}

@@ -1,0 +1,73 @@
+"""The `gen3d` console command.
+
+Each area registers its subcommands on `app` from its own module under `gen3d/commands/`;
+this file only owns the shared error handling (exit codes) and the global `--verbose`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from gen3d.errors import UserError
+
+app = typer.Typer(
+    name="gen3d",
+    help="Text, image and few-view to 3D/4D with diffusion priors, on a plain CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"verbose": False}
+
+# One module per area; each decorates functions with @app.command on import.
+_COMMAND_MODULES = [
+    "gen3d.commands.bench",
+]
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks on errors.")) -> None:
+    _state["verbose"] = verbose
+
+
+def _register() -> None:
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit 0 on success, 2 on bad input or usage, 1 on internal failure."""
+    _register()
+    args = sys.argv[1:] if argv is None else argv
+    _state["verbose"] = "--verbose" in args
+    try:
+        app(args=args, standalone_mode=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if _state["verbose"]:
+            raise
+        return UserError.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if _state["verbose"]:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
