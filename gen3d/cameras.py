@@ -38,7 +38,7 @@ class Cameras:
         n = self.c2w.shape[0]
         for name in ("fx", "fy", "cx", "cy"):
             value = torch.as_tensor(getattr(self, name), dtype=self.c2w.dtype, device=self.c2w.device)
-            setattr(self, name, value.expand(n).clone() if value.ndim == 0 else value.reshape(n))
+            setattr(self, name, value.reshape(-1).expand(n).clone() if value.numel() == 1 else value.reshape(n))
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -168,3 +168,12 @@ def project(points: Tensor, cams: Cameras) -> tuple[Tensor, Tensor]:
     u = cams.fx[:, None] * pc[..., 0] / depth + cams.cx[:, None]
     v = -cams.fy[:, None] * pc[..., 1] / depth + cams.cy[:, None]
     return torch.stack([u, v], -1), depth
+
+
+def unproject(pixels: Tensor, depth: Tensor | float, cams: Cameras) -> Tensor:
+    """Pixel coordinates (P, 2) (x right, y down) at depth along -z to world points (N, P, 3); inverts `project`."""
+    depth = torch.as_tensor(depth, dtype=cams.c2w.dtype)
+    x = (pixels[None, :, 0] - cams.cx[:, None]) / cams.fx[:, None]
+    y = -(pixels[None, :, 1] - cams.cy[:, None]) / cams.fy[:, None]
+    p_cam = torch.stack([x, y, -torch.ones_like(x)], -1) * depth[..., None]
+    return (cams.c2w[:, None, :3, :3] @ p_cam[..., None])[..., 0] + cams.centers[:, None, :]
