@@ -26,6 +26,11 @@ _state = {"verbose": False}
 # One module per area; each decorates functions with @app.command on import.
 _COMMAND_MODULES = [
     "gen3d.commands.bench",
+    "gen3d.commands.demo",
+    "gen3d.commands.jobs",
+    "gen3d.commands.models",
+    "gen3d.commands.serve",
+    "gen3d.commands.train",
 ]
 
 
@@ -34,18 +39,19 @@ def _root(verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks
     _state["verbose"] = verbose
 
 
-def _register() -> None:
+def register_commands() -> None:
+    """Import every command module (each registers its commands on `app`); idempotent."""
     for name in _COMMAND_MODULES:
         importlib.import_module(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on bad input or usage, 1 on internal failure."""
-    _register()
+    register_commands()
     args = sys.argv[1:] if argv is None else argv
     _state["verbose"] = "--verbose" in args
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if _state["verbose"]:
@@ -66,8 +72,4 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
         return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return code if isinstance(code, int) else 0

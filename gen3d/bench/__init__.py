@@ -6,5 +6,9 @@ as sample grids go to `out_dir`, the JSON's folder) registered below by name;
 """
 
 BENCHMARKS = {
+    "fields": "gen3d.bench.fields",
+    "reconstruct": "gen3d.bench.reconstruct",
+    "priors": "gen3d.bench.priors",
     "samplers": "gen3d.bench.samplers",
+    "shapeworld": "gen3d.bench.shapeworld",
 }

@@ -34,12 +34,15 @@ def anneal_t_range(step: int, total: int, start: tuple[float, float], end: tuple
     return tuple(s + (e - s) * frac for s, e in zip(start, end))  # type: ignore[return-value]
 
 
-def sample_distill_time(denoiser: Denoiser, n: int, t_range: tuple[float, float], generator: torch.Generator) -> Tensor:
-    """Times drawn uniformly from a fraction range of the schedule (integers for discrete schedules)."""
+def sample_distill_time(denoiser: Denoiser, n: int, t_range: tuple[float, float], generator: torch.Generator,
+                        group: int = 1) -> Tensor:
+    """Times drawn uniformly from a fraction range of the schedule (integers for discrete schedules),
+    shared within each run of `group` consecutive samples (one multi-view set)."""
     sched = denoiser.schedule
     lo = sched.t_min + t_range[0] * (sched.t_max - sched.t_min)
     hi = sched.t_min + t_range[1] * (sched.t_max - sched.t_min)
-    t = lo + torch.rand(n, generator=generator, dtype=torch.float64) * (hi - lo)
+    t = lo + torch.rand(n // group, generator=generator, dtype=torch.float64) * (hi - lo)
+    t = t.repeat_interleave(group)
     return t.round() if isinstance(sched, DiscreteSchedule) else t
 
 
@@ -69,9 +72,9 @@ def sds_weight(sigma: Tensor, weighting: SDSWeighting) -> Tensor:
 
 def sds_loss(denoiser: Denoiser, x: Tensor, generator: torch.Generator, cond: Cond | None = None, *,
              t_range: tuple[float, float] = (0.02, 0.98), weighting: SDSWeighting = "dreamfusion",
-             grad_clip: float | None = None) -> tuple[Tensor, DistillInfo]:
+             grad_clip: float | None = None, group: int = 1) -> tuple[Tensor, DistillInfo]:
     """SDS: grad_x = w(t) (eps_hat(x_t, t) - eps). Pass a CFGDenoiser for guided SDS."""
-    t = sample_distill_time(denoiser, x.shape[0], t_range, generator)
+    t = sample_distill_time(denoiser, x.shape[0], t_range, generator, group)
     x_t, noise, sigma = _noised(denoiser, x, t, generator)
     with torch.no_grad():
         eps_hat = denoiser.predict(x_t, t, cond).eps
@@ -103,9 +106,9 @@ class VSD:
         self.optimizer = torch.optim.AdamW(self.lora_params, lr=lr, weight_decay=0.0)
 
     def loss(self, x: Tensor, generator: torch.Generator, cond: Cond | None = None, camera: Tensor | None = None, *,
-             t_range: tuple[float, float] = (0.02, 0.98), weighting: SDSWeighting = "dreamfusion"
+             t_range: tuple[float, float] = (0.02, 0.98), weighting: SDSWeighting = "dreamfusion", group: int = 1
              ) -> tuple[Tensor, DistillInfo]:
-        t = sample_distill_time(self.prior, x.shape[0], t_range, generator)
+        t = sample_distill_time(self.prior, x.shape[0], t_range, generator, group)
         x_t, _, sigma = _noised(self.prior, x, t, generator)
         with torch.no_grad():
             eps_prior = self.prior.predict(x_t, t, cond).eps
@@ -114,13 +117,13 @@ class VSD:
         return _surrogate(x, grad), DistillInfo(t, float(grad.norm()))
 
     def update_lora(self, x: Tensor, generator: torch.Generator, cond: Cond | None = None,
-                    camera: Tensor | None = None, steps: int = 1) -> float:
+                    camera: Tensor | None = None, steps: int = 1, group: int = 1) -> float:
         """Fit the LoRA copy to the current particles with the ordinary diffusion loss."""
         value = 0.0
         for _ in range(steps):
-            loss = diffusion_loss(self.lora, x.detach(), generator, self.lora_cond(cond, camera))
+            loss = diffusion_loss(self.lora, x.detach(), generator, self.lora_cond(cond, camera), group=group)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            value = float(loss)
+            value = float(loss.detach())
         return value

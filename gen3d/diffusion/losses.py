@@ -63,11 +63,16 @@ def drop_condition(cond: Cond, uncond: Cond, p: float, generator: torch.Generato
 
 def diffusion_loss(denoiser: Denoiser, x0: Tensor, generator: torch.Generator, cond: Cond | None = None, *,
                    weighting: Weighting = "uniform", gamma: float = 5.0, uncond: Cond | None = None,
-                   cond_drop_prob: float = 0.0, t: Tensor | None = None, reduce: bool = True) -> Tensor:
-    """One denoising-regression loss on clean samples x0 (random t and noise from `generator`)."""
+                   cond_drop_prob: float = 0.0, t: Tensor | None = None, group: int = 1,
+                   reduce: bool = True) -> Tensor:
+    """One denoising-regression loss on clean samples x0 (random t and noise from `generator`).
+
+    `group` > 1 shares one time among each run of `group` consecutive samples (the views of a
+    multi-view set); condition dropout is per sample, so callers drop per set through `uncond`.
+    """
     n = x0.shape[0]
     if t is None:
-        t = denoiser.schedule.sample_time(n, generator)
+        t = denoiser.schedule.sample_time(n // group, generator).repeat_interleave(group)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     alpha, sigma = (v.to(x0) for v in denoiser.schedule.alpha_sigma(t))
     x_t = _expand(alpha, x0) * x0 + _expand(sigma, x0) * noise

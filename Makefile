@@ -1,0 +1,15 @@
+# The README's two commands: `make demo` (set up + main job) and `make test` (set up + tests).
+.PHONY: setup demo test bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/gen3d demo --out runs/demo-samplers.png
+
+test: setup
+	@bash scripts/install_browser.sh
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	.venv/bin/gen3d bench samplers --json bench-out/samplers.json

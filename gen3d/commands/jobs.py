@@ -1,0 +1,125 @@
+"""`gen3d reconstruct`, `gen3d resume`, `gen3d runs`, `gen3d export`, and `launch_job`, the one
+way every job command (text-to-3d, image-to-3d, ...) starts a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gen3d.bench.report import format_table
+from gen3d.cli import app
+from gen3d.commands.options import ConfigOpt, DryRunOpt, OutOpt, SeedOpt, SetOpt
+from gen3d.config import load_config
+from gen3d.data.readers import detect
+from gen3d.errors import UserError
+from gen3d.pipelines import job_from_manifest, pipeline_module
+from gen3d.runs import Job, RunFolder, dry_run, read_manifest, resume_job, run_job, runs_root
+from gen3d.runs.progress import ProgressBar
+
+EXIT_INTERRUPTED = 130  # the shell's convention for a run stopped by Ctrl-C / SIGTERM
+HEADLINE_METRICS = ("psnr", "ssim", "chamfer", "clip_score")
+
+
+def _finish(run: RunFolder) -> None:
+    if run.status == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def launch_job(job: Job, *, out: Path | None, dry: bool) -> None:
+    """Dry-run `job` (print config and estimates, write nothing) or run it with a progress bar.
+
+    Exits 130 when the run was interrupted (continue it with `gen3d resume`).
+    """
+    if dry:
+        dry_run(job)
+        return
+    bar = ProgressBar()
+    try:
+        _finish(run_job(job, out, on_event=bar))
+    finally:
+        bar.close()
+
+
+def job_overrides(overrides: list[str] | None, **flags) -> list[str]:
+    """`--set` items followed by dedicated flags (`--steps 50` -> `recon.steps=50`), which win."""
+    return list(overrides or []) + [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+@app.command("reconstruct")
+def reconstruct(
+    scene: Annotated[Path, typer.Argument(help="Scene folder: transforms.json, transforms_train.json or poses_bounds.npy.")],
+    views: Annotated[int | None, typer.Option("--views", help="Train on K views (farthest-point sampling).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Training steps.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = None,
+    dry: DryRunOpt = False,
+) -> None:
+    """Fit a radiance field to a posed scene, evaluate it on held-out views and export a mesh."""
+    detect(scene)  # a missing or unrecognised scene folder fails here, before anything is written
+    module = pipeline_module("reconstruct")
+    cfg = load_config(module.Config, config, job_overrides(set_, **{"data.views": views, "recon.steps": steps}))
+    launch_job(module.build_job(cfg, {"scene": str(scene.resolve())}, seed), out=out, dry=dry)
+
+
+@app.command("resume")
+def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder whose run was interrupted or failed.")]) -> None:
+    """Continue an interrupted or failed run where it stopped.
+
+    Config, inputs and seed come from the manifest; finished stages are skipped and the stopped one
+    continues from its last checkpoint, so the result equals an uninterrupted run's.
+    """
+    run = RunFolder.open(run_dir)
+    bar = ProgressBar()
+    try:
+        _finish(resume_job(run, job_from_manifest(run.manifest), on_event=bar))
+    finally:
+        bar.close()
+
+
+def _summary(run_dir: Path, manifest: dict) -> dict:
+    inputs = ", ".join(str(v) for v in manifest.get("inputs", {}).values() if v not in (None, ""))
+    metrics = manifest.get("metrics", {})
+    shown = [f"{k}={metrics[k]:.4g}" for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float))]
+    return {
+        "id": run_dir.name,
+        "kind": manifest["kind"],
+        "status": manifest["status"],
+        "inputs": inputs if len(inputs) <= 48 else "..." + inputs[-45:],
+        "seconds": round(sum(s["seconds"] for s in manifest["stages"]), 1),
+        "metrics": " ".join(shown) or "-",
+    }
+
+
+@app.command("runs")
+def runs(root: Annotated[Path | None, typer.Option("--root", help="Runs folder (default: $GEN3D_RUNS or ./runs).")] = None) -> None:
+    """List runs with their kind, status, inputs, duration and headline metrics."""
+    root = runs_root() if root is None else root
+    rows = []
+    for run_dir in sorted(p for p in root.glob("*") if (p / "manifest.json").is_file()):
+        try:
+            rows.append(_summary(run_dir, read_manifest(run_dir)))
+        except UserError as exc:
+            rows.append({"id": run_dir.name, "status": f"unreadable ({exc})"})
+    typer.echo(format_table(rows) if rows else f"no runs in {root}")
+
+
+@app.command("export")
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder with a trained checkpoint.")],
+    fmt: Annotated[str, typer.Option("--format", help="glb, ply or obj.")] = "glb",
+    resolution: Annotated[int | None, typer.Option("--resolution", help="Marching-cubes grid size (default: the run's).")] = None,
+) -> None:
+    """Re-export a run's mesh from its checkpoint, e.g. at a finer resolution or another format."""
+    if fmt not in ("glb", "ply", "obj"):
+        raise UserError(f"--format must be glb, ply or obj, got '{fmt}'")
+    run = RunFolder.open(run_dir)
+    module = pipeline_module(run.manifest["kind"])
+    if not hasattr(module, "export_mesh"):
+        raise UserError(f"{run_dir}: '{run.manifest['kind']}' runs have no mesh to export")
+    path = module.export_mesh(run, fmt, resolution)
+    run.write_manifest()
+    typer.echo(f"wrote {path}")

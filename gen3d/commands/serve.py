@@ -1,0 +1,46 @@
+"""`gen3d serve` (the web viewer and job server) and `gen3d selftest` (the server's check-the-queue job)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gen3d.cli import app
+from gen3d.commands.jobs import job_overrides, launch_job
+from gen3d.commands.options import ConfigOpt, DryRunOpt, OutOpt, SeedOpt, SetOpt
+from gen3d.config import load_config
+from gen3d.runs import runs_root
+
+
+@app.command("serve")
+def serve(
+    runs_dir: Annotated[Path | None, typer.Argument(help="Runs folder to show and run jobs in (default: $GEN3D_RUNS or ./runs).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on; 0.0.0.0 exposes the server to your network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port).")] = 7860,
+    workers: Annotated[int, typer.Option("--workers", min=0, max=64, help="Jobs run at once (0: queue only).")] = 1,
+) -> None:
+    """Serve the web viewer and the JSON API for RUNS_DIR, and run queued jobs; prints the URL to open."""
+    from gen3d.server import launcher
+
+    launcher.serve(launcher.ServeConfig(runs_dir=runs_root() if runs_dir is None else runs_dir, host=host,
+                                        port=port, workers=workers))
+
+
+@app.command("selftest", hidden=True)
+def selftest(
+    steps: Annotated[int | None, typer.Option("--steps", help="Fake training steps.")] = None,
+    step_seconds: Annotated[float | None, typer.Option("--step-seconds", help="Seconds per fake step.")] = None,
+    fail: Annotated[bool, typer.Option("--fail", help="Fail at the last step.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = None,
+    dry: DryRunOpt = False,
+) -> None:
+    """A few seconds of fake training through the real job runner; checks `gen3d serve`'s queue (trains nothing)."""
+    from gen3d.server import selftest as pipeline
+
+    overrides = job_overrides(set_, steps=steps, step_seconds=step_seconds, fail=fail or None)
+    launch_job(pipeline.build_job(load_config(pipeline.Config, config, overrides), {}, seed), out=out, dry=dry)

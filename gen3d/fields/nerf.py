@@ -1,0 +1,111 @@
+"""The radiance field: a density head and a (optionally view-dependent) colour head.
+
+Positions are world points; the field maps them into [0, 1]^3 itself (the scene box, or the
+contracted unbounded space), so renderers and trainers only deal in world coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from gen3d.fields.encodings import EncodingConfig, SphericalHarmonicsEncoding, make_position_encoding
+
+
+@dataclass
+class FieldConfig:
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    hidden: int = 64
+    layers: int = 1  # hidden layers of the density MLP
+    geo_features: int = 15
+    color_hidden: int = 64
+    view_dependent: bool = True
+    sh_degree: int = 4
+    contraction: bool = False  # unbounded scenes: squash |x|_inf > 1 into [-2, 2]^3 (aabb ignored)
+    density_bias: float = 0.0  # added before exp: negative values start the scene emptier
+
+
+def contract(x: Tensor) -> Tensor:
+    """mip-NeRF 360 contraction with the L-inf norm: the unit cube stays, the rest of space maps into [-2, 2]^3."""
+    mag = x.abs().amax(-1, keepdim=True).clamp_min(1e-6)
+    return torch.where(mag <= 1, x, (2 - 1 / mag) * (x / mag))
+
+
+def uncontract(y: Tensor) -> Tensor:
+    """Inverse of `contract` on [-2, 2]^3 (the outer shell is clamped just inside 2)."""
+    mag = y.abs().amax(-1, keepdim=True).clamp(1e-6, 2 - 1e-3)
+    return torch.where(mag <= 1, y, y / (mag * (2 - mag)))
+
+
+def mlp(dims: list[int], generator: torch.Generator | None) -> nn.Sequential:
+    """Linear layers with ReLU between them, initialised from `generator` (reproducible)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        linear = nn.Linear(a, b)
+        nn.init.kaiming_uniform_(linear.weight, nonlinearity="relu", generator=generator)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class TruncExp(torch.autograd.Function):
+    """exp with the gradient clamped at exp(15): stable densities early in training (instant-ngp)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=15))
+
+
+class NerfField(nn.Module):
+    """sigma(x) >= 0 and rgb(x, d) in [0, 1] for world points x and unit directions d."""
+
+    def __init__(self, cfg: FieldConfig, aabb: Tensor, generator: torch.Generator | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3), persistent=False)
+        self.encoding = make_position_encoding(cfg.encoding, generator)
+        self.density_mlp = mlp([self.encoding.out_dim] + [cfg.hidden] * cfg.layers + [1 + cfg.geo_features], generator)
+        self.dir_encoding = SphericalHarmonicsEncoding(cfg.sh_degree) if cfg.view_dependent else None
+        color_in = cfg.geo_features + (self.dir_encoding.out_dim if self.dir_encoding else 0)
+        self.color_mlp = mlp([color_in, cfg.color_hidden, 3], generator)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """World points to the encoding's [0, 1]^3."""
+        if self.cfg.contraction:
+            return (contract(x) + 2) / 4
+        lo, hi = self.aabb
+        return (x - lo) / (hi - lo)
+
+    def denormalize(self, u: Tensor) -> Tensor:
+        """The encoding's [0, 1]^3 back to world points (occupancy grids live in that space)."""
+        if self.cfg.contraction:
+            return uncontract(u * 4 - 2)
+        lo, hi = self.aabb
+        return lo + u * (hi - lo)
+
+    def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Density (N,) and the geometry features (N, geo_features) the colour head reads."""
+        h = self.density_mlp(self.encoding(self.normalize(x)))
+        return TruncExp.apply(h[:, 0] + self.cfg.density_bias), h[:, 1:]
+
+    def density(self, x: Tensor) -> Tensor:
+        return self.geometry(x)[0]
+
+    def color(self, features: Tensor, d: Tensor) -> Tensor:
+        if self.dir_encoding is not None:
+            features = torch.cat([features, self.dir_encoding(d)], -1)
+        return torch.sigmoid(self.color_mlp(features))
+
+    def forward(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+        sigma, features = self.geometry(x)
+        return sigma, self.color(features, d)

@@ -1,0 +1,211 @@
+"""`shapeworld-mv`: the bundled multi-view prior (latent autoencoder + multi-view denoiser + MiniLM).
+
+It is trained by `gen3d train` on ShapeWorld and shipped inside the package (fp16 safetensors),
+so every pipeline has a real prior with no download. The folder is checked against its
+`manifest.json` (sha256 per file) on load: a corrupted or missing file is a UserError naming it.
+
+This module also holds the multi-view training stages (text embeddings, latent cache, training,
+export), because they share the conditioning layout with sampling: one `make_cond` builds the
+network's inputs for both.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import Tensor
+
+from gen3d.cameras import Cameras, from_fov, plucker
+from gen3d.diffusion.denoiser import Cond, Denoiser
+from gen3d.diffusion.guidance import CFGDenoiser
+from gen3d.diffusion.samplers import sample as run_sampler
+from gen3d.diffusion.schedules import DiscreteSchedule
+from gen3d.errors import UserError
+from gen3d.models.autoencoder import decode_rgba, encode_mean
+from gen3d.models.multiview import MultiViewDenoiser
+from gen3d.models.prior import Observed, Prior
+from gen3d.models.text import TextEmbedding, TextEncoder
+from gen3d.runs.folder import atomic_write_json, sha256_file
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "priors" / "shapeworld-mv"
+MANIFEST = "manifest.json"
+PRIOR_CONFIG = "prior.json"
+IMAGE_SIZE = 64
+LATENT_SIZE = 16
+MAX_VIEWS = 8  # targets per jointly denoised set (training drew 4..8)
+MAX_OBSERVED = 3
+DEFAULT_GUIDANCE = 4.0
+SCHEDULE = "squaredcos_cap_v2"
+
+
+def noise_schedule() -> DiscreteSchedule:
+    return DiscreteSchedule(SCHEDULE, 1000)
+
+
+def plucker_maps(cams: Cameras) -> Tensor:
+    """World-space Plücker ray maps at the latent resolution, (N, 6, 16, 16) float32."""
+    return plucker(cams.resized(LATENT_SIZE, LATENT_SIZE)).float()
+
+
+def make_cond(text: TextEmbedding, plucker_targets: Tensor, views: int, obs_latents: Tensor,
+              obs_plucker: Tensor, obs_present: Tensor) -> Cond:
+    """Per-target-row conditioning for `MultiViewDenoiser` from per-set observed views.
+
+    text: one row per target view; obs_latents (S, K, 4, h, w), obs_plucker (S, K, 6, h, w),
+    obs_present (S,) bool (False = the set's observed views are dropped) for S sets of `views`.
+    """
+    def per_row(t: Tensor) -> Tensor:
+        return t.repeat_interleave(views, 0)
+
+    k = obs_latents.shape[1]
+    mask = obs_present.float()[:, None].expand(-1, k)
+    return {"views": views, "plucker": plucker_targets, "obs_latents": per_row(obs_latents),
+            "obs_mask": per_row(mask), "obs_plucker": per_row(obs_plucker), "text_tokens": text.tokens,
+            "text_mask": text.mask, "text_pooled": text.pooled}
+
+
+class ShapeWorldPrior(Prior):
+    name = "shapeworld-mv"
+    views_per_set = 4  # the set size score distillation uses; sampling takes sets of up to 8
+    image_size = IMAGE_SIZE
+    max_observed = MAX_OBSERVED
+
+    def __init__(self, autoencoder: AutoencoderKL, net: MultiViewDenoiser, text: TextEncoder | None = None):
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        self.net = net.eval().requires_grad_(False)
+        self.text = text or TextEncoder()
+        self.denoiser = Denoiser(self.net, noise_schedule(), "v")
+
+    def set_size(self, n_views: int) -> int:
+        """Views per jointly denoised set for a stack of `n_views`: all of them up to 8, else sets of 4."""
+        if n_views <= MAX_VIEWS:
+            return n_views
+        if n_views % self.views_per_set:
+            raise UserError(f"shapeworld-mv denoises up to {MAX_VIEWS} views at once or sets of "
+                            f"{self.views_per_set}; got {n_views} views")
+        return self.views_per_set
+
+    def encode(self, rgba: Tensor) -> Tensor:
+        if rgba.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+            rgba = F.interpolate(rgba, size=(IMAGE_SIZE, IMAGE_SIZE), mode="area")
+        return encode_mean(self.autoencoder, rgba)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return decode_rgba(self.autoencoder, latents)
+
+    def condition(self, prompt: str | None, cameras: Cameras, observed: Observed | None = None) -> tuple[Cond, Cond]:
+        n = len(cameras)
+        views = self.set_size(n)
+        sets = n // views
+        if observed is not None and len(observed.images) > MAX_OBSERVED:
+            raise UserError(f"shapeworld-mv takes at most {MAX_OBSERVED} observed views, got {len(observed.images)}")
+        if observed is None or len(observed.images) == 0:
+            obs_lat = torch.zeros(sets, 0, 4, LATENT_SIZE, LATENT_SIZE)
+            obs_pl = torch.zeros(sets, 0, 6, LATENT_SIZE, LATENT_SIZE)
+        else:
+            with torch.no_grad():
+                obs_lat = self.encode(observed.images.float())[None].expand(sets, -1, -1, -1, -1)
+            obs_pl = plucker_maps(observed.cameras)[None].expand(sets, -1, -1, -1, -1)
+        pl = plucker_maps(cameras)
+        cond = make_cond(self.text.encode([prompt or ""] * n), pl, views, obs_lat, obs_pl, torch.ones(sets, dtype=torch.bool))
+        uncond = make_cond(self.text.empty(n), pl, views, obs_lat, obs_pl, torch.zeros(sets, dtype=torch.bool))
+        return cond, uncond
+
+    @torch.no_grad()
+    def sample(self, prompt: str | None, cameras: Cameras, observed: Observed | None = None, *,
+               steps: int = 20, guidance: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Up to 8 views in one set; more are generated in sets of up to 8 conditioned on the given
+        observed views plus earlier outputs (up to 3 observed in all), so every view shares one object."""
+        guidance = DEFAULT_GUIDANCE if guidance is None else guidance
+        outputs: list[Tensor] = []
+        done: list[int] = []
+        for start in range(0, len(cameras), MAX_VIEWS):
+            chunk = list(range(start, min(start + MAX_VIEWS, len(cameras))))
+            obs = _chain_observed(observed, cameras, outputs, done)
+            cond, uncond = self.condition(prompt, cameras[chunk], obs)
+            latents = run_sampler(CFGDenoiser(self.denoiser, guidance, uncond), (len(chunk), 4, LATENT_SIZE, LATENT_SIZE),
+                                  sampler="dpmpp_2m", num_steps=steps, cond=cond, generator=generator)
+            outputs.append(self.decode(latents).clamp(0, 1))
+            done += chunk
+        return torch.cat(outputs)
+
+
+def _chain_observed(observed: Observed | None, cameras: Cameras, outputs: list[Tensor], done: list[int]) -> Observed | None:
+    """The user's observed views topped up to 3 with evenly spaced earlier outputs."""
+    if not outputs:
+        return observed
+    have = 0 if observed is None else len(observed.images)
+    free = MAX_OBSERVED - have
+    if free <= 0:
+        return observed
+    generated = torch.cat(outputs)
+    pick = np.linspace(0, len(done) - 1, free).round().astype(int).tolist()
+    images, cams = generated[pick], cameras[[done[i] for i in pick]]
+    if observed is not None and have:
+        images, cams = torch.cat([observed.images, images]), Cameras.cat([observed.cameras, cams])
+    return Observed(images, cams)
+
+
+# ---- shipped folder: manifest + sha256 -----------------------------------------------------
+
+def write_manifest(folder: Path) -> dict:
+    """Record every file under `folder` (except the manifest) with its sha256."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {"name": "shapeworld-mv", "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}}
+    atomic_write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def verify_folder(folder: Path) -> None:
+    """UserError naming the first missing or modified file of a prior folder."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path}: missing; not a shapeworld-mv prior folder")
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (json.JSONDecodeError, KeyError):
+        raise UserError(f"{path}: not a valid prior manifest") from None
+    for name, digest in files.items():
+        if not (folder / name).is_file():
+            raise UserError(f"{folder / name}: missing (listed in {path})")
+        if sha256_file(folder / name) != digest:
+            raise UserError(f"{folder / name}: sha256 does not match {path} (corrupted or modified)")
+
+
+def export_prior(folder: Path, autoencoder: AutoencoderKL, net: MultiViewDenoiser, info: dict) -> dict:
+    """Write the shippable folder (fp16 weights, configs, prior.json, manifest.json) from scratch."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    ae16 = AutoencoderKL.from_config(autoencoder.config)
+    ae16.load_state_dict(autoencoder.state_dict())
+    ae16.to(torch.float16).save_pretrained(folder / "autoencoder")
+    net.save_pretrained(folder / "multiview", dtype=torch.float16)
+    atomic_write_json(folder / PRIOR_CONFIG, {"schedule": SCHEDULE, "prediction": "v", "image_size": IMAGE_SIZE,
+                                              "latent_size": LATENT_SIZE, "guidance": DEFAULT_GUIDANCE, **info})
+    return write_manifest(folder)
+
+
+def load(model_path: Path | None = None, device: str = "cpu") -> ShapeWorldPrior:
+    """The prior from `model_path` (default: the weights shipped in the package), sha256-checked."""
+    folder = ASSETS if model_path is None else Path(model_path)
+    verify_folder(folder)
+    autoencoder = AutoencoderKL.from_pretrained(folder / "autoencoder", torch_dtype=torch.float32, low_cpu_mem_usage=False).to(device)
+    net = MultiViewDenoiser.from_pretrained(folder / "multiview").to(device)
+    return ShapeWorldPrior(autoencoder, net)
+
+
+def load_autoencoder(folder: Path) -> AutoencoderKL:
+    """An autoencoder folder written by an autoencoder training run, as float32."""
+    if not (Path(folder) / "config.json").is_file():
+        raise UserError(f"{Path(folder) / 'config.json'}: missing; train the autoencoder first (configs/train/ae.yaml)")
+    return AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32, low_cpu_mem_usage=False).eval()

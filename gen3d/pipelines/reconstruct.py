@@ -1,0 +1,341 @@
+"""`reconstruct`: posed photos -> radiance field -> held-out metrics -> mesh, point cloud, turntable.
+
+Stages: load (pick the training views, remember which) -> train (checkpointed; periodic held-out
+PSNR) -> evaluate (renders of the held-out views, PSNR/SSIM) -> export (marching cubes, cleaning,
+GLB/PLY/OBJ, point cloud, turntable). Later stages re-load the scene and the trained field from
+the source folder and `ckpt/train.pt` when a resumed run has nothing in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import trimesh
+from PIL import Image
+
+from gen3d.config import from_dict
+from gen3d.data import Scene, Split, load_scene
+from gen3d.errors import UserError
+from gen3d.export import (
+    clean_mesh,
+    extract_mesh,
+    render_turntable,
+    write_gif,
+    write_mesh,
+    write_pointcloud_ply,
+    write_video,
+)
+from gen3d.recon import ReconConfig, ReconTrainer
+from gen3d.runs import Job, RunFolder, Stage, StageContext, atomic_output
+from gen3d.runs.checkpoint import load_checkpoint
+from gen3d.runs.folder import read_events
+
+KIND = "reconstruct"
+MeshFormat = Literal["glb", "ply", "obj"]
+
+# CPU costs on 2 cores behind the stage estimates, measured with the default engine config on lego
+# at 100x100 (early training, before the occupancy grid prunes); re-measure when the engine changes.
+SECONDS_PER_TRAIN_RAY = 5e-4
+SECONDS_PER_RENDER_RAY = 1.2e-4
+SECONDS_PER_GRID_POINT = 3e-7
+SECONDS_PER_TURNTABLE_PIXEL = 6e-6
+NOMINAL_PIXELS = 100 * 100  # image size assumed by estimates when `data.size` is not set
+
+
+@dataclass
+class DataConfig:
+    views: int | None = None  # train on K views picked by farthest-point sampling; None: all
+    downscale: int | None = None  # integer factor from full resolution (LLFF defaults to 8)
+    size: list[int] | None = None  # [width, height] to resize to instead of `downscale`
+    background: list[float] = dataclasses.field(default_factory=lambda: [1.0, 1.0, 1.0])
+    scene_bounds: bool = True  # take aabb, near and far from the scene instead of recon.render
+
+
+@dataclass
+class TrainConfig:
+    checkpoint_every: int = 500
+    eval_every: int = 500  # held-out PSNR/SSIM every this many steps (and at the end)
+    eval_views: int = 2  # held-out views in that periodic evaluation
+    log_every: int = 50  # steps between progress events
+
+
+@dataclass
+class EvalConfig:
+    max_views: int | None = None  # held-out views rendered and scored; None: all
+
+
+@dataclass
+class ExportConfig:
+    resolution: int = 128  # marching-cubes grid points per axis
+    threshold: float = 10.0  # density level of the surface
+    formats: list[MeshFormat] = dataclasses.field(default_factory=lambda: ["glb", "ply", "obj"])
+    keep_largest: bool = True  # drop every connected component but the largest
+    target_faces: int = 100_000
+    pointcloud_points: int = 20_000
+    turntable_frames: int = 36
+    turntable_size: int = 256
+    turntable_elevation: float = 15.0
+    video: bool = True
+    gif: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    recon: ReconConfig = dataclasses.field(default_factory=ReconConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    evaluate: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
+@dataclass
+class SceneData:
+    """The scene the way this run uses it: training views plus held-out views (may be None)."""
+
+    scene: Scene
+    holdout: Split | None
+    holdout_source: str  # "test split", "unused train views" or "none"
+
+    @property
+    def train(self) -> Split:
+        return self.scene.train
+
+
+def subset(split: Split, indices: list[int]) -> Split:
+    """The frames of `split` at `indices`, in that order."""
+    index = torch.as_tensor(indices, dtype=torch.long)
+    return Split(split.images[index], split.cameras[indices], [split.names[i] for i in indices],
+                 None if split.alpha is None else split.alpha[index])
+
+
+def _images_digest(split: Split) -> str:
+    return hashlib.sha256(split.images.numpy().tobytes()).hexdigest()
+
+
+def load_data(cfg: Config, scene_path: str) -> SceneData:
+    """Load the scene with its `data.views` training views. The test split is held out when the
+    scene has one, else the training frames `--views` left out."""
+    data = cfg.data
+    options = {"downscale": data.downscale, "size": None if data.size is None else tuple(data.size),
+               "background": tuple(data.background)}
+    scene = load_scene(Path(scene_path), views=data.views, **options)
+    if scene.test is not None:
+        return SceneData(scene, scene.test, "test split")
+    if data.views is not None:
+        every_frame = load_scene(Path(scene_path), **options).train
+        kept = set(scene.train.names)
+        unused = [i for i, name in enumerate(every_frame.names) if name not in kept]
+        if unused:
+            return SceneData(scene, subset(every_frame, unused), "unused train views")
+    return SceneData(scene, None, "none")
+
+
+def recon_config(cfg: Config, scene: Scene) -> ReconConfig:
+    """The engine config for this scene: its box, depth range and background unless told otherwise."""
+    recon = copy.deepcopy(cfg.recon)
+    recon.render.background_color = list(scene.background)
+    if cfg.data.scene_bounds:
+        recon.render.aabb = [float(v) for v in scene.aabb.reshape(-1)]
+        recon.render.near, recon.render.far = float(scene.near), float(scene.far)
+        recon.field.contraction = recon.field.contraction or scene.scene_type == "unbounded"
+    return recon
+
+
+def _scene_data(ctx: StageContext) -> SceneData:
+    """The scene from memory, or re-loaded from its folder (checked against the digest `load` saved)."""
+    if "data" not in ctx.shared:
+        data = load_data(ctx.config, ctx.inputs["scene"])
+        saved = json.loads((ctx.path / "views.json").read_text())
+        if _images_digest(data.train) != saved["train_sha256"]:
+            raise UserError(f"{ctx.inputs['scene']}: the scene's images changed since this run started")
+        ctx.shared["data"] = data
+    return ctx.shared["data"]
+
+
+def _trainer(cfg: Config, data: SceneData, seed: int) -> ReconTrainer:
+    return ReconTrainer(recon_config(cfg, data.scene), data.train.images, data.train.cameras, seed=seed)
+
+
+def _trained(ctx: StageContext) -> ReconTrainer:
+    if "trainer" not in ctx.shared:
+        trainer = _trainer(ctx.config, _scene_data(ctx), seed=0)
+        trainer.load_state_dict(ctx.read_checkpoint("train").state)
+        ctx.shared["trainer"] = trainer
+    return ctx.shared["trainer"]
+
+
+def _save_png(rgb: torch.Tensor, path: Path) -> None:
+    pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    with atomic_output(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+def load(ctx: StageContext) -> None:
+    data = load_data(ctx.config, ctx.inputs["scene"])
+    ctx.shared["data"] = data
+    split = data.train
+    record = {
+        "format": data.scene.format,
+        "scene_type": data.scene.scene_type,
+        "size": [split.cameras.width, split.cameras.height],
+        "train": split.names,
+        "holdout": data.holdout.names if data.holdout is not None else [],
+        "holdout_source": data.holdout_source,
+        "train_sha256": _images_digest(split),
+    }
+    path = ctx.path / "views.json"
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    ctx.add_artifact(path, "views")
+    ctx.log(f"{len(split)} training views at {split.cameras.width}x{split.cameras.height} from a "
+            f"{data.scene.format} scene; held out: {len(record['holdout'])} ({data.holdout_source})")
+
+
+def train(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    data = _scene_data(ctx)
+    trainer = _trainer(cfg, data, ctx.stage_seed)
+    total = cfg.recon.steps
+    holdout = data.holdout
+    if holdout is not None:
+        holdout = subset(holdout, list(range(min(cfg.train.eval_views, len(holdout)))))
+    for step in ctx.steps(total, every=cfg.train.checkpoint_every, state=trainer.state_dict,
+                          restore=trainer.load_state_dict):
+        stats = trainer.step()
+        done = step + 1
+        scores = {}
+        if holdout is not None and (done % cfg.train.eval_every == 0 or done == total):
+            result = trainer.evaluate(holdout.images, holdout.cameras)
+            scores = {"psnr": result["psnr"], "ssim": result["ssim"]}
+        if scores or done % cfg.train.log_every == 0 or done == total:
+            ctx.event(done, total, loss=stats["loss"], train_psnr=stats["psnr"], **scores)
+    ctx.add_artifact(ctx.run.checkpoint_path("train"), "checkpoint")
+    _write_curve(ctx)
+    ctx.shared["trainer"] = trainer
+
+
+def _write_curve(ctx: StageContext) -> None:
+    """Training curve without timings, so it is identical for a resumed run (events of redone
+    steps repeat the same values; the last one per step wins)."""
+    points = {e["step"]: e for e in read_events(ctx.path) if e["stage"] == "train" and "loss" in e}
+    curve = [{k: points[s][k] for k in ("step", "loss", "train_psnr", "psnr", "ssim") if k in points[s]}
+             for s in sorted(points)]
+    path = ctx.path / "curve.json"
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(curve))
+    ctx.add_artifact(path, "curve")
+
+
+def evaluate(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    data = _scene_data(ctx)
+    trainer = _trained(ctx)
+    views = data.holdout
+    if views is None:
+        ctx.log("no held-out views (no test split and every training frame used); scoring training views")
+        views = data.train
+    if cfg.evaluate.max_views is not None:
+        views = subset(views, list(range(min(cfg.evaluate.max_views, len(views)))))
+    result = trainer.evaluate(views.images, views.cameras)
+    for i, rgb in enumerate(result["renders"]):
+        path = ctx.path / "renders" / f"{i:03d}.png"
+        _save_png(rgb, path)
+        ctx.add_artifact(path, "render", view=views.names[i])
+    prefix = "" if data.holdout is not None else "train_"
+    ctx.set_metrics(**{f"{prefix}psnr": round(result["psnr"], 4), f"{prefix}ssim": round(result["ssim"], 4)},
+                    eval_views=len(views))
+    ctx.event(message=f"{prefix}psnr {result['psnr']:.2f} dB, {prefix}ssim {result['ssim']:.3f} on {len(views)} views",
+              psnr=result["psnr"], ssim=result["ssim"])
+
+
+def _field_mesh(trainer: ReconTrainer, cfg: ExportConfig, resolution: int) -> trimesh.Trimesh:
+    """Marching cubes of the density over the scene box, cleaned, with vertex colours seen from
+    outside looking towards the centre."""
+
+    def color(points: torch.Tensor) -> torch.Tensor:
+        inward = torch.nn.functional.normalize(-points, dim=-1)
+        return trainer.field(points, inward)[1]
+
+    box = torch.tensor(trainer.cfg.render.aabb, dtype=torch.float32).reshape(2, 3)
+    raw = extract_mesh(trainer.density, box, resolution, cfg.threshold, color_fn=color)
+    return clean_mesh(raw, keep_largest=cfg.keep_largest, target_faces=cfg.target_faces)
+
+
+def export(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    trainer = _trained(ctx)
+    try:
+        mesh = _field_mesh(trainer, cfg.export, cfg.export.resolution)
+    except UserError as exc:  # an empty or saturated field: nothing to mesh, not bad input
+        ctx.log(f"no mesh exported: {exc}")
+        ctx.event(message="no surface found at export.threshold; no mesh exported")
+        return
+    for fmt in cfg.export.formats:
+        path = write_mesh(mesh, ctx.path / f"mesh.{fmt}")
+        ctx.add_artifact(path, "mesh", format=fmt, up="y" if fmt == "glb" else "z")
+    points, faces = trimesh.sample.sample_surface(mesh, cfg.export.pointcloud_points, seed=ctx.np_rng)
+    colors = mesh.visual.face_colors[faces, :3]  # averaged vertex colours (trimesh's grey when uncoloured)
+    ctx.add_artifact(write_pointcloud_ply(points, colors, ctx.path / "pointcloud.ply"), "pointcloud", up="z")
+    frames = render_turntable(mesh, cfg.export.turntable_frames, cfg.export.turntable_size,
+                              cfg.export.turntable_elevation)
+    if cfg.export.video:
+        ctx.add_artifact(write_video(frames, ctx.path / "turntable.mp4"), "turntable")
+    if cfg.export.gif:
+        ctx.add_artifact(write_gif(frames, ctx.path / "turntable.gif"), "turntable")
+    ctx.set_metrics(mesh_faces=len(mesh.faces), mesh_watertight=bool(mesh.is_watertight))
+
+
+# --- estimates ---------------------------------------------------------------------------------
+
+def _pixels(cfg: Config) -> int:
+    return cfg.data.size[0] * cfg.data.size[1] if cfg.data.size else NOMINAL_PIXELS
+
+
+def _estimate_train(job: Job) -> float:
+    cfg: Config = job.config
+    evals = cfg.recon.steps // max(cfg.train.eval_every, 1) + 1
+    return (cfg.recon.steps * cfg.recon.batch_rays * SECONDS_PER_TRAIN_RAY
+            + evals * cfg.train.eval_views * _pixels(cfg) * SECONDS_PER_RENDER_RAY)
+
+
+def _estimate_evaluate(job: Job) -> float:
+    cfg: Config = job.config
+    return (cfg.evaluate.max_views or 10) * _pixels(cfg) * SECONDS_PER_RENDER_RAY
+
+
+def _estimate_export(job: Job) -> float:
+    e: ExportConfig = job.config.export
+    return e.resolution**3 * SECONDS_PER_GRID_POINT + e.turntable_frames * e.turntable_size**2 * SECONDS_PER_TURNTABLE_PIXEL
+
+
+def build_job(config: Config, inputs: dict, seed: int) -> Job:
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=Path(inputs["scene"]).name, stages=[
+        Stage("load", load, lambda job: 1.0),
+        Stage("train", train, _estimate_train),
+        Stage("evaluate", evaluate, _estimate_evaluate),
+        Stage("export", export, _estimate_export),
+    ])
+
+
+def export_mesh(run: RunFolder, fmt: str, resolution: int | None) -> Path:
+    """`gen3d export`: a mesh from the run's trained field, e.g. at a finer grid; recorded in the manifest."""
+    cfg = from_dict(Config, run.manifest["config"])
+    ckpt = load_checkpoint(run.checkpoint_path("train"))
+    if ckpt is None:
+        raise UserError(f"{run.checkpoint_path('train')}: missing; the run has not finished training")
+    trainer = _trainer(cfg, load_data(cfg, run.manifest["inputs"]["scene"]), seed=0)
+    trainer.load_state_dict(ckpt.state)
+    resolution = resolution or cfg.export.resolution
+    mesh = _field_mesh(trainer, cfg.export, resolution)
+    path = write_mesh(mesh, run.path / "export" / f"mesh-{resolution}.{fmt}")
+    run.add_artifact(path, "mesh", "export", format=fmt, up="y" if fmt == "glb" else "z", resolution=resolution)
+    return path

@@ -1,0 +1,203 @@
+"""Fit a radiance field to posed images (the reconstruction engine's core).
+
+`ReconTrainer` owns the field, the renderer (with its occupancy grid), the optimiser and one
+seeded generator that every random choice draws from, so `state_dict()` captures everything a
+resumed run needs to continue bit-identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from gen3d.cameras import Cameras, generate_rays
+from gen3d.errors import UserError
+from gen3d.fields.nerf import FieldConfig, NerfField
+from gen3d.recon.hull import visual_hull
+from gen3d.recon.metrics import psnr, ssim
+from gen3d.render.volume import RenderConfig, VolumeRenderer
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-2
+    eps: float = 1e-15  # tiny eps: rarely-touched grid entries still move at full rate
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.99])
+    final_lr_fraction: float = 0.1  # learning rate decays exponentially to lr * this at `steps`
+
+
+@dataclass
+class ReconConfig:
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    steps: int = 3000
+    batch_rays: int = 2048
+    mask_loss_weight: float = 0.0  # weight of (opacity - alpha)^2 where images carry alpha
+    render_chunk: int = 16384  # rays per chunk when rendering whole images
+    threads: int = 2  # torch CPU threads (0: leave as is)
+
+
+def pixel_rays(cams: Cameras, view: Tensor, i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+    """World origins and unit directions through pixel centres (row i, column j) of the given views.
+
+    Same geometry as `gen3d.cameras.generate_rays`, for a random batch of pixels instead of whole images.
+    """
+    x = (j + 0.5 - cams.cx[view]) / cams.fx[view]
+    y = -(i + 0.5 - cams.cy[view]) / cams.fy[view]
+    d_cam = torch.stack([x, y, -torch.ones_like(x)], -1)
+    dirs = torch.nn.functional.normalize((cams.c2w[view, :3, :3] @ d_cam[..., None])[..., 0], dim=-1)
+    return cams.c2w[view, :3, 3], dirs
+
+
+def composite_onto(images: Tensor, background: Tensor) -> Tensor:
+    """RGB of images (..., 3 or 4) over a background colour (..., 3); RGB images pass through."""
+    if images.shape[-1] == 3:
+        return images
+    alpha = images[..., 3:]
+    return images[..., :3] * alpha + background * (1 - alpha)
+
+
+def premultiply(images: Tensor, alpha: Tensor | None, background: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Colour times coverage (N, H, W, 3) and coverage (N, H, W, 1), from straight RGBA images or from
+    RGB images composited onto `background` plus their alpha; RGB alone passes through."""
+    if images.shape[-1] == 4:
+        a = images[..., 3:]
+        return images[..., :3] * a, a
+    if alpha is None:
+        return images, None
+    a = alpha.reshape(*images.shape[:3], 1).float()
+    return images - background * (1 - a), a
+
+
+class ReconTrainer:
+    """Fits a `NerfField` to images in [0, 1] seen by `cameras`.
+
+    images: (N, H, W, 4) straight RGBA, or (N, H, W, 3) RGB composited onto
+    `render.background_color`, optionally with `alpha` (N, H, W[, 1]). Coverage lets training carve
+    the occupancy grid to the visual hull, composite onto random backgrounds (`render.background:
+    random`) and use the mask loss. `view_weights` (N,) scale each view's share of the loss.
+    """
+
+    def __init__(self, cfg: ReconConfig, images: Tensor, cameras: Cameras, seed: int = 0,
+                 view_weights: Tensor | None = None, alpha: Tensor | None = None):
+        if images.ndim != 4 or images.shape[-1] not in (3, 4):
+            raise UserError(f"training images must be (N, H, W, 3 or 4), got {tuple(images.shape)}")
+        if len(cameras) != images.shape[0] or (cameras.height, cameras.width) != tuple(images.shape[1:3]):
+            raise UserError(f"{len(cameras)} cameras of {cameras.width}x{cameras.height} do not match "
+                            f"images {tuple(images.shape)}")
+        if alpha is not None and alpha.numel() != images[..., 0].numel():
+            raise UserError(f"alpha {tuple(alpha.shape)} does not match images {tuple(images.shape)}")
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        color = torch.tensor(cfg.render.background_color, dtype=torch.float32)
+        self.premultiplied, self.alpha = premultiply(images.float(), alpha, color)
+        self.cameras = cameras
+        self.has_alpha = self.alpha is not None
+        weights = torch.ones(len(cameras)) if view_weights is None else torch.as_tensor(view_weights, dtype=torch.float32)
+        self.view_weights = weights / weights.mean()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.field = NerfField(cfg.field, torch.tensor(cfg.render.aabb), generator=self.generator)
+        self.renderer = VolumeRenderer(cfg.render, contraction=cfg.field.contraction)
+        self.model = nn.ModuleDict({"field": self.field, "renderer": self.renderer})
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                          eps=cfg.optim.eps, fused=True)
+        self.step_count = 0
+        if self.has_alpha and self.renderer.occupancy is not None and cfg.render.occupancy.carve:
+            self._carve_occupancy()
+
+    def _carve_occupancy(self) -> None:
+        grid = self.renderer.occupancy
+        centers = self.field.denormalize(grid.cell_centers())
+        half_diagonal = 0.5 * 3**0.5 * ((self.field.aabb[1] - self.field.aabb[0]).max().item() / grid.cfg.resolution)
+        grid.restrict(visual_hull(centers, half_diagonal, self.cameras, self.alpha[..., 0]))
+
+    def _lr_scale(self) -> float:
+        return self.cfg.optim.final_lr_fraction ** min(self.step_count / max(self.cfg.steps, 1), 1.0)
+
+    def _sample_batch(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        n, h, w = self.premultiplied.shape[:3]
+        b = self.cfg.batch_rays
+        view = torch.randint(n, (b,), generator=self.generator)
+        i = torch.randint(h, (b,), generator=self.generator)
+        j = torch.randint(w, (b,), generator=self.generator)
+        origins, dirs = pixel_rays(self.cameras, view, i.float(), j.float())
+        coverage = None if self.alpha is None else self.alpha[view, i, j]
+        return origins, dirs, self.premultiplied[view, i, j], coverage, view
+
+    def step(self) -> dict[str, float]:
+        """One optimisation step on a random batch of rays; returns the batch loss and PSNR."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.optim.lr * self._lr_scale()
+        origins, dirs, premult, coverage, view = self._sample_batch()
+        background = self.renderer.background(len(origins), self.generator if self.has_alpha else None)
+        target = premult if coverage is None else premult + background * (1 - coverage)
+        out = self.renderer.render_rays(self.field, origins, dirs, background, generator=self.generator)
+        ray_weights = self.view_weights[view]
+        sq_err = (out["rgb"] - target).square().mean(-1)
+        rgb_loss = (ray_weights * sq_err).sum() / ray_weights.sum()
+        loss = rgb_loss
+        if self.has_alpha and self.cfg.mask_loss_weight > 0:
+            mask_err = (out["opacity"] - coverage[:, 0]).square()
+            loss = loss + self.cfg.mask_loss_weight * (ray_weights * mask_err).sum() / ray_weights.sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step_count += 1
+        self.renderer.update_occupancy(self.field, self.step_count, self.generator)
+        mse = sq_err.detach().mean().item()
+        return {"loss": loss.item(), "psnr": -10 * torch.log10(torch.tensor(max(mse, 1e-12))).item()}
+
+    def train(self, n_steps: int, callback: Callable[[int, dict], bool | None] | None = None) -> None:
+        """Run `n_steps` steps; `callback(step, stats)` after each may return True to stop early."""
+        for _ in range(n_steps):
+            stats = self.step()
+            if callback is not None and callback(self.step_count, stats):
+                break
+
+    def eval_background(self) -> Tensor:
+        """The colour renders and evaluations composite onto (random backgrounds evaluate on the fixed colour)."""
+        return self.renderer.background(1)[0].detach()
+
+    @torch.no_grad()
+    def render_rays(self, origins: Tensor, dirs: Tensor, normals: bool = False) -> dict[str, Tensor]:
+        """Any rays (R, 3), in chunks, onto the evaluation background: rgb, depth, opacity (and normals)."""
+        background = self.eval_background()
+        chunks = [self.renderer.render_rays(self.field, origins[s:s + self.cfg.render_chunk],
+                                            dirs[s:s + self.cfg.render_chunk], background, normals=normals)
+                  for s in range(0, len(origins), self.cfg.render_chunk)]
+        return {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
+
+    def render(self, cameras: Cameras, normals: bool = False) -> dict[str, Tensor]:
+        """Whole images: rgb (N, H, W, 3), depth and opacity (N, H, W), normals (N, H, W, 3) if asked."""
+        origins, dirs = (t.reshape(-1, 3) for t in generate_rays(cameras))
+        out = self.render_rays(origins, dirs, normals=normals)
+        shape = (len(cameras), cameras.height, cameras.width)
+        return {key: value.reshape(*shape, *value.shape[1:]) for key, value in out.items()}
+
+    def evaluate(self, images: Tensor, cameras: Cameras) -> dict:
+        """Mean PSNR and SSIM over held-out views (composited onto the evaluation background) and the renders."""
+        renders = self.render(cameras)["rgb"]
+        target = composite_onto(images.float(), self.eval_background())
+        return {"psnr": psnr(renders, target).mean().item(), "ssim": ssim(renders, target).mean().item(),
+                "renders": renders}
+
+    @torch.no_grad()
+    def density(self, points: Tensor, chunk: int = 65536) -> Tensor:
+        """Field density at world points (N, 3), e.g. for marching cubes."""
+        return torch.cat([self.field.density(points[s:s + chunk]) for s in range(0, len(points), chunk)])
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["rng"])

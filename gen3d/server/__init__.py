@@ -1,0 +1,13 @@
+"""`gen3d serve`: the web viewer and its job server.
+
+Layout of the package, one job per module:
+- `runs.py`     reads run folders (manifest, events) and resolves the files a run may serve;
+- `jobqueue.py` the SQLite job queue in RUNS_DIR/queue.sqlite3, shared by the server and its workers;
+- `jobkinds.py` the job kinds the server accepts, their option checks and their `gen3d` command lines;
+- `uploads.py`  size-capped image uploads, checked with Pillow;
+- `stream.py`   server-sent progress events, tailing events.jsonl and the job/manifest status;
+- `app.py`      the FastAPI application (JSON API + the built viewer under `static/`);
+- `worker.py`   a worker process: claims jobs and runs `python -m gen3d.cli <kind> ...` for each;
+- `launcher.py` what `gen3d serve` does: lock RUNS_DIR, recover the queue, start workers and uvicorn;
+- `selftest.py` the built-in `selftest` job kind, a few seconds of fake training for checking the queue.
+"""

@@ -1,0 +1,291 @@
+"""The FastAPI application: the JSON API of docs/api.md and the built viewer from `static/`.
+
+Every error leaves as JSON `{"error": "<one line>"}` with a 4xx status (500 only for a server bug, and
+then without a traceback); the handlers below are the only place that turns exceptions into responses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from gen3d.errors import UserError
+from gen3d.server import runs
+from gen3d.server.jobkinds import JOB_KINDS, CheckContext, check_options, run_id_for
+from gen3d.server.jobqueue import QUEUE_FILE, TERMINAL_JOB_STATUSES, Job, JobQueue, job_output_path
+from gen3d.server.stream import progress_stream
+from gen3d.server.uploads import MAX_UPLOAD_BYTES, Upload, UploadTooLarge, save_upload
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Multipart framing and the option fields ride on top of the image itself.
+MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 256 * 1024
+MAX_OUTPUT_CHARS = 64 * 1024
+log = logging.getLogger("gen3d.server")
+mimetypes.add_type("model/gltf-binary", ".glb")
+mimetypes.add_type("model/gltf+json", ".gltf")
+mimetypes.add_type("application/x-ndjson", ".jsonl")
+
+
+def registered_commands() -> set[str]:
+    """The `gen3d` subcommands this installation has; a job kind needs its command to exist."""
+    import typer.main
+
+    from gen3d import cli
+
+    cli.register_commands()
+    return set(typer.main.get_command(cli.app).commands)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class RequestGuard:
+    """ASGI middleware for requests that change state: same-origin only, and a capped body size.
+
+    The origin check stops another web page from queueing jobs on a local server (a cross-site form
+    post needs no CORS preflight); the size cap refuses a large upload before it is read.
+    """
+
+    def __init__(self, app, max_body: int):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        if origin and urlsplit(origin).netloc != headers.get("host"):
+            return await _error(403, f"cross-origin request from {origin} refused")(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            message = f"request body over the {self.max_body // 2**20} MiB upload limit"
+            return await _error(413, message)(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise UploadTooLarge(f"request body over the {self.max_body // 2**20} MiB upload limit")
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(UploadTooLarge)
+    async def too_large(request: Request, exc: UploadTooLarge):
+        return _error(413, str(exc))
+
+    @app.exception_handler(UserError)
+    async def bad_input(request: Request, exc: UserError):
+        return _error(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def server_bug(request: Request, exc: Exception):
+        log.exception("unhandled error for %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def _job_json(job: Job) -> dict:
+    return {**job.to_json(), "stream": f"/api/jobs/{job.id}/stream"}
+
+
+async def _read_submission(request: Request) -> tuple[str, dict]:
+    """(kind, raw options) from a JSON body or a multipart form carrying an `image` upload."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=16)
+        try:
+            options = json.loads(form.get("options") or "{}")
+        except json.JSONDecodeError:
+            raise UserError("options: not valid JSON") from None
+        upload = form.get("image")
+        if isinstance(upload, UploadFile) and isinstance(options, dict):
+            options["image"] = Upload(upload.filename or "image", await upload.read())
+        return str(form.get("kind") or ""), options
+    if content_type.startswith("application/json"):
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError("request body: not valid JSON") from None
+        if not isinstance(body, dict):
+            raise UserError("request body: expected a JSON object with 'kind' and 'options'")
+        options = body.get("options")
+        return str(body.get("kind") or ""), {} if options is None else options
+    raise HTTPException(415, "send application/json or multipart/form-data")
+
+
+def create_app(runs_dir: Path, available: set[str] | None = None) -> FastAPI:
+    """The server for `runs_dir`; `available` names the CLI commands jobs may run (default: detected)."""
+    runs_dir = Path(runs_dir).resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    queue = JobQueue(runs_dir / QUEUE_FILE)
+    available = registered_commands() if available is None else set(available)
+    check_ctx = CheckContext(runs_dir=runs_dir, cwd=Path.cwd())
+
+    app = FastAPI(title="gen3d", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.add_middleware(RequestGuard, max_body=MAX_BODY_BYTES)
+    _install_error_handlers(app)
+
+    def folder_of(run_id: str) -> Path:
+        try:
+            return runs.run_dir(runs_dir, run_id)
+        except runs.RunNotFound:
+            raise HTTPException(404, f"no run '{run_id}'") from None
+
+    def manifest_of(folder: Path) -> dict:
+        try:
+            return runs.read_manifest(folder)
+        except UserError as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    def job_of(job_id: int) -> Job:
+        job = queue.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"ok": True, "runs_dir": str(runs_dir)}
+
+    @app.get("/api/kinds")
+    def kinds() -> dict:
+        return {"kinds": [kind.spec(name in available) for name, kind in JOB_KINDS.items()]}
+
+    @app.get("/api/runs")
+    def list_runs() -> dict:
+        return {"runs": runs.list_runs(runs_dir)}
+
+    @app.get("/api/runs/{run_id}")
+    def get_run(run_id: str) -> dict:
+        folder = folder_of(run_id)
+        manifest = manifest_of(folder)
+        files = [{**item, "url": runs.file_url(run_id, item["path"]), "exists": (folder / item["path"]).is_file()}
+                 for item in runs.artifacts(manifest)]
+        summary = runs.summarize_run(run_id, manifest, (folder / "manifest.json").stat().st_mtime)
+        return {"id": run_id, "summary": summary, "manifest": manifest, "files": files,
+                "events": runs.summarize_events(runs.read_events(folder)),
+                "log": runs.file_url(run_id, "log.txt") if (folder / "log.txt").is_file() else None}
+
+    @app.get("/api/runs/{run_id}/events")
+    def get_events(run_id: str, since: int = 0) -> dict:
+        events = runs.read_events(folder_of(run_id))
+        return {"events": events[max(since, 0):], "count": len(events)}
+
+    @app.get("/api/runs/{run_id}/files/{rel_path:path}")
+    def get_file(run_id: str, rel_path: str):
+        folder = folder_of(run_id)
+        try:
+            path = runs.resolve_file(folder, manifest_of(folder), rel_path)
+        except runs.FileNotServed:
+            raise HTTPException(404, f"run '{run_id}' has no file '{rel_path}' to serve") from None
+        return FileResponse(path)
+
+    @app.get("/api/runs/{run_id}/stream")
+    def stream_run(run_id: str, request: Request, since: int = 0):
+        folder = folder_of(run_id)
+
+        def status() -> dict | None:
+            try:
+                return {"status": runs.read_manifest(folder).get("status")}
+            except UserError:
+                return None
+
+        since = _resume_point(request, since)
+        return _sse(progress_stream(request, lambda: folder, status, runs.TERMINAL_RUN_STATUSES, since))
+
+    @app.post("/api/jobs", status_code=201)
+    async def submit_job(request: Request) -> dict:
+        kind_name, raw = await _read_submission(request)
+        kind = JOB_KINDS.get(kind_name)
+        if kind is None:
+            raise UserError(f"kind: unknown job kind '{kind_name}'; valid: {', '.join(JOB_KINDS)}")
+        if kind.name not in available:
+            raise UserError(f"kind: '{kind.name}' is not available here (no `gen3d {kind.name}` command)")
+        options = check_options(kind, raw, check_ctx)
+        options = {k: str(save_upload(runs_dir, v)) if isinstance(v, Upload) else v for k, v in options.items()}
+        if kind.reuses_run and any(j.run_id == options[kind.slug_from] for j in queue.list("queued") +
+                                   queue.list("running")):
+            raise HTTPException(409, f"run '{options[kind.slug_from]}' already has a queued or running job")
+        job = queue.submit(kind.name, options, lambda job_id: run_id_for(kind, options, job_id))
+        return _job_json(job)
+
+    @app.get("/api/jobs")
+    def list_jobs(status: str | None = None) -> dict:
+        return {"jobs": [_job_json(j) for j in queue.list(status)]}
+
+    @app.get("/api/jobs/{job_id}")
+    def get_job(job_id: int) -> dict:
+        return _job_json(job_of(job_id))
+
+    @app.post("/api/jobs/{job_id}/cancel")
+    def cancel_job(job_id: int) -> dict:
+        job_of(job_id)
+        return _job_json(queue.cancel(job_id))
+
+    @app.get("/api/jobs/{job_id}/output")
+    def job_output(job_id: int) -> PlainTextResponse:
+        job_of(job_id)
+        path = job_output_path(runs_dir, job_id)
+        text = path.read_text(errors="replace")[-MAX_OUTPUT_CHARS:] if path.is_file() else ""
+        return PlainTextResponse(text)
+
+    @app.get("/api/jobs/{job_id}/stream")
+    def stream_job(job_id: int, request: Request, since: int = 0):
+        job_of(job_id)
+
+        def status() -> dict | None:
+            job = queue.get(job_id)
+            return _job_json(job) if job else None
+
+        def folder() -> Path | None:
+            job = queue.get(job_id)
+            return runs_dir / job.run_id if job and job.status != "queued" else None
+
+        since = _resume_point(request, since)
+        return _sse(progress_stream(request, folder, status, TERMINAL_JOB_STATUSES, since))
+
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    def unknown_api(rest: str):
+        raise HTTPException(404, f"no API endpoint /api/{rest}")
+
+    if (STATIC_DIR / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
+    else:
+        log.warning("the viewer is not built (%s missing); run scripts/build_viewer.sh", STATIC_DIR / "index.html")
+    return app
+
+
+def _resume_point(request: Request, since: int) -> int:
+    """An EventSource reconnecting sends the last event id it saw; continue after it."""
+    last = request.headers.get("last-event-id", "")
+    return int(last) + 1 if last.isdigit() else max(since, 0)
+
+
+def _sse(events) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

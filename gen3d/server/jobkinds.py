@@ -1,0 +1,275 @@
+"""The job kinds the server queues: their options, how each option is checked, and the `gen3d` command
+line a worker runs for each.
+
+Options are checked here, when a job is submitted, so bad input is a 400 naming the field rather than a
+job that fails later. The CLI still validates everything again (config keys, scene contents) when it runs.
+`GET /api/kinds` publishes these specs and the viewer builds its job forms from them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gen3d.errors import UserError
+from gen3d.runs.folder import slugify
+from gen3d.server import runs
+from gen3d.server.uploads import Upload, check_image_bytes, check_image_file
+
+SCENE_MARKERS = ("transforms.json", "transforms_train.json", "poses_bounds.npy")
+MAX_OVERRIDES = 32
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=[^\r\n]*$")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One job option. `type` is a checker name in `_CHECKERS` (plain values or server-side paths)."""
+
+    name: str
+    type: str
+    help: str
+    required: bool = False
+    default: object = None
+    low: float | None = None
+    high: float | None = None
+    max_len: int = 300
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A kind of job; its name is also the `gen3d` subcommand that runs it."""
+
+    name: str
+    title: str
+    help: str
+    options: tuple[Option, ...]
+    # (checked options, run folder) -> arguments after `python -m gen3d.cli`
+    argv: Callable[[dict, Path], list[str]] = field(repr=False)
+    # option whose value names the run folder (prompt, image, scene); None: the kind's name
+    slug_from: str | None = None
+    # a job that continues an existing run folder instead of creating one
+    reuses_run: bool = False
+
+    def spec(self, available: bool) -> dict:
+        """The JSON description served by `GET /api/kinds`."""
+        return {"name": self.name, "title": self.title, "help": self.help, "available": available,
+                "options": [asdict(o) for o in self.options]}
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    runs_dir: Path
+    cwd: Path
+
+
+def _fail(option: Option, problem: str) -> UserError:
+    return UserError(f"options.{option.name}: {problem}")
+
+
+def _check_str(option: Option, value, ctx: CheckContext) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(option, "must be a non-empty string")
+    if len(value) > option.max_len or any(ch in value for ch in "\x00\r\n"):
+        raise _fail(option, f"must be one line of at most {option.max_len} characters")
+    return value.strip()
+
+
+def _check_name(option: Option, value, ctx: CheckContext) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise _fail(option, "must be a name of lower-case letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _number_in_range(option: Option, value: float) -> None:
+    if (option.low is not None and value < option.low) or (option.high is not None and value > option.high):
+        raise _fail(option, f"must be between {option.low:g} and {option.high:g}")
+
+
+def _check_int(option: Option, value, ctx: CheckContext) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,12}", value.strip()):
+        value = int(value)  # form fields arrive as text
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(option, "must be an integer")
+    _number_in_range(option, value)
+    return value
+
+
+def _check_float(option: Option, value, ctx: CheckContext) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _fail(option, "must be a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(option, "must be a finite number")
+    _number_in_range(option, float(value))
+    return float(value)
+
+
+def _check_bool(option: Option, value, ctx: CheckContext) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0"):
+        return value.lower() in ("true", "on", "1")
+    if not isinstance(value, bool):
+        raise _fail(option, "must be true or false")
+    return value
+
+
+def _check_overrides(option: Option, value, ctx: CheckContext) -> list[str]:
+    if isinstance(value, str):  # a form's text area: one override a line
+        value = [line.strip() for line in value.splitlines() if line.strip()]
+    if not isinstance(value, list) or len(value) > MAX_OVERRIDES:
+        raise _fail(option, f"must be a list of at most {MAX_OVERRIDES} 'key.sub=value' strings")
+    for item in value:
+        if not isinstance(item, str) or len(item) > option.max_len or not _OVERRIDE.match(item):
+            raise _fail(option, f"{str(item)[:60]!r} is not of the form key.sub=value")
+    return value
+
+
+def _server_path(option: Option, value, ctx: CheckContext) -> Path:
+    text = _check_str(option, value, ctx)
+    path = Path(text).expanduser()
+    return (path if path.is_absolute() else ctx.cwd / path).resolve()
+
+
+def _check_scene(option: Option, value, ctx: CheckContext) -> str:
+    path = _server_path(option, value, ctx)
+    if not path.is_dir():
+        raise _fail(option, f"{value} is not a folder on the server")
+    if not any((path / marker).is_file() for marker in SCENE_MARKERS):
+        raise _fail(option, f"{value} is not a scene folder (looked for {', '.join(SCENE_MARKERS)})")
+    return str(path)
+
+
+def _check_yaml(option: Option, value, ctx: CheckContext) -> str:
+    path = _server_path(option, value, ctx)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        raise _fail(option, f"{value} is not a YAML file on the server")
+    return str(path)
+
+
+def _check_image(option: Option, value, ctx: CheckContext) -> str | Upload:
+    """An upload (stored by the caller once every option has passed) or an image file on the server."""
+    if isinstance(value, Upload):
+        check_image_bytes(value.data, f"options.{option.name}")
+        return value
+    path = _server_path(option, value, ctx)
+    check_image_file(path, f"options.{option.name}")
+    return str(path)
+
+
+def _check_run(option: Option, value, ctx: CheckContext) -> str:
+    if not isinstance(value, str) or not runs.is_run_id(value):
+        raise _fail(option, "must be the id of a run folder")
+    try:
+        runs.run_dir(ctx.runs_dir, value)
+    except runs.RunNotFound:
+        raise _fail(option, f"no run '{value}' in {ctx.runs_dir}") from None
+    return value
+
+
+_CHECKERS: dict[str, Callable] = {
+    "str": _check_str, "name": _check_name, "int": _check_int, "float": _check_float, "bool": _check_bool,
+    "overrides": _check_overrides, "scene": _check_scene, "yaml": _check_yaml, "image": _check_image,
+    "run": _check_run,
+}
+
+_SEED = Option("seed", "int", "Seed for every random choice.", default=0, low=0, high=2**31 - 1)
+_METHOD = Option("method", "name", "Method name (empty: the config's default).")
+_PRIOR = Option("prior", "name", "Prior: shapeworld-mv, sd, zero123, mvdream (empty: the default).")
+_CONFIG = Option("config", "yaml", "YAML config on the server, e.g. configs/ci/reconstruct.yaml.")
+_SET = Option("set", "overrides", "Config overrides, one key.sub=value a line.", default=())
+
+
+def _common_args(opts: dict) -> list[str]:
+    args = ["--seed", str(opts["seed"])]
+    for name in ("prior", "method", "config"):
+        if opts.get(name) is not None:
+            args += [f"--{name}", str(opts[name])]
+    for item in opts["set"]:
+        args += ["--set", item]
+    return args
+
+
+def _with_input(kind: str, input_option: str) -> Callable[[dict, Path], list[str]]:
+    """`<kind> [options] --out RUN_DIR -- INPUT`; the `--` keeps a prompt like '-x' from parsing as a flag."""
+
+    def argv(opts: dict, run_dir: Path) -> list[str]:
+        extra = [arg for name in ("views", "steps") if opts.get(name) is not None
+                 for arg in (f"--{name}", str(opts[name]))]
+        return [kind, *extra, *_common_args(opts), "--out", str(run_dir), "--", str(opts[input_option])]
+
+    return argv
+
+
+def _selftest_argv(opts: dict, run_dir: Path) -> list[str]:
+    args = ["selftest", "--steps", str(opts["steps"]), "--step-seconds", str(opts["step_seconds"]),
+            "--seed", str(opts["seed"]), "--out", str(run_dir)]
+    return args + (["--fail"] if opts["fail"] else [])
+
+
+JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
+    JobKind("text-to-3d", "Text to 3D", "A 3D object from a text prompt.",
+            (Option("prompt", "str", "What to make, e.g. 'a red cube'.", required=True), _PRIOR, _METHOD, _SEED,
+             _CONFIG, _SET),
+            _with_input("text-to-3d", "prompt"), slug_from="prompt"),
+    JobKind("image-to-3d", "Image to 3D", "A 3D object from one image (PNG, JPEG or WebP upload).",
+            (Option("image", "image", "The input image.", required=True), _PRIOR, _METHOD, _SEED, _CONFIG, _SET),
+            _with_input("image-to-3d", "image"), slug_from="image"),
+    JobKind("reconstruct", "Few-view reconstruction", "Fit a field to posed photos, then export a mesh.",
+            (Option("scene", "scene", "Scene folder on the server (transforms.json, transforms_train.json "
+                    "or poses_bounds.npy).", required=True),
+             Option("views", "int", "Use K training views (farthest-point sampled).", low=1, high=10000),
+             Option("steps", "int", "Training steps (empty: the config's).", low=1, high=10_000_000),
+             _SEED, _CONFIG, _SET),
+            _with_input("reconstruct", "scene"), slug_from="scene"),
+    JobKind("resume", "Resume a run", "Continue an interrupted run from its last checkpoint.",
+            (Option("run", "run", "Id of the interrupted run.", required=True),),
+            lambda opts, run_dir: ["resume", str(run_dir)], slug_from="run", reuses_run=True),
+    JobKind("selftest", "Self-test", "A few seconds of fake training that checks the queue, the worker and "
+            "progress streaming; it trains nothing.",
+            (Option("steps", "int", "Number of fake training steps.", default=20, low=1, high=500),
+             Option("step_seconds", "float", "Seconds per fake step.", default=0.05, low=0.0, high=5.0),
+             Option("fail", "bool", "Fail at the last step (to see a failed job).", default=False),
+             _SEED),
+            _selftest_argv),
+)}
+
+
+def check_options(kind: JobKind, raw: dict, ctx: CheckContext) -> dict:
+    """Validated options with defaults filled in; `UserError` naming the field otherwise."""
+    if not isinstance(raw, dict):
+        raise UserError("options: must be a JSON object")
+    known = {o.name for o in kind.options}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"options.{unknown[0]}: unknown option for '{kind.name}'; valid: {', '.join(sorted(known))}")
+    checked = {}
+    for option in kind.options:
+        value = raw.get(option.name)
+        if value is None or value == "":
+            if option.required:
+                raise _fail(option, "is required")
+            checked[option.name] = option.default
+        else:
+            checked[option.name] = _CHECKERS[option.type](option, value, ctx)
+    return checked
+
+
+def run_id_for(kind: JobKind, opts: dict, job_id: int, now: float | None = None) -> str:
+    """`<YYYYmmdd-HHMMSS>-<kind>-<slug>-j<job id>` as in the conventions; the job id keeps names unique."""
+    if kind.reuses_run:
+        return opts[kind.slug_from]
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    if kind.slug_from is None:
+        return f"{stamp}-{kind.name}-j{job_id}"
+    source = str(opts[kind.slug_from])
+    if kind.slug_from in ("image", "scene"):
+        source = Path(source).stem if kind.slug_from == "image" else Path(source).name
+    return f"{stamp}-{kind.name}-{slugify(source)}-j{job_id}"

@@ -1,0 +1,131 @@
+"""Encodings and the NeRF field: exact indexing, gradients, and the maths each one promises."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gen3d.fields.encodings import (HASH_PRIMES, FrequencyConfig, FrequencyEncoding, HashGridConfig,
+                                    HashGridEncoding, SphericalHarmonicsEncoding, TriplaneConfig, TriplaneEncoding,
+                                    level_resolutions)
+from gen3d.fields.nerf import FieldConfig, NerfField, contract, uncontract
+
+SMALL_HASH = HashGridConfig(levels=5, features=2, log2_table=9, base_resolution=2, max_resolution=40, backend="torch")
+
+
+def naive_hash_encoding(enc: HashGridEncoding, x: torch.Tensor) -> torch.Tensor:
+    """One point, one level, one corner at a time, straight from the documented indexing."""
+    cfg, size = enc.cfg, enc.table_size
+    out = torch.zeros(len(x), cfg.levels * cfg.features, dtype=torch.float64)
+    table = enc.table.detach().double()
+    for p, point in enumerate(x.tolist()):
+        for level, res in enumerate(level_resolutions(cfg)):
+            pos = [float(np.float32(c) * np.float32(res)) for c in point]  # the encoding's float32 position
+            cell = [min(math.floor(v), res - 1) for v in pos]
+            frac = [v - c for v, c in zip(pos, cell)]
+            for corner in range(8):
+                bits = [(corner >> 2) & 1, (corner >> 1) & 1, corner & 1]
+                c = [cell[a] + bits[a] for a in range(3)]
+                if (res + 1) ** 3 <= size:
+                    index = c[0] + c[1] * (res + 1) + c[2] * (res + 1) ** 2
+                else:
+                    index = ((c[0] * HASH_PRIMES[0]) ^ (c[1] * HASH_PRIMES[1]) ^ (c[2] * HASH_PRIMES[2])) % size
+                weight = math.prod(f if b else 1 - f for f, b in zip(frac, bits))
+                out[p, level * cfg.features:(level + 1) * cfg.features] += weight * table[level * size + index]
+    return out
+
+
+def test_hash_levels_include_dense_and_hashed():
+    res = level_resolutions(SMALL_HASH)
+    assert res[0] == 2 and res[-1] == 40
+    dense = [(r + 1) ** 3 <= 2**SMALL_HASH.log2_table for r in res]
+    assert any(dense) and not all(dense)
+
+
+def test_hash_encoding_matches_naive_reference():
+    g = torch.Generator().manual_seed(0)
+    enc = HashGridEncoding(SMALL_HASH, generator=g)
+    with torch.no_grad():
+        enc.table.uniform_(-1, 1, generator=g)  # large values so indexing mistakes show
+    x = torch.rand(40, 3, generator=g)
+    x[0] = torch.tensor([1.0, 0.0, 1.0])  # box corners use the last cell, not one past it
+    got = enc(x)
+    assert got.shape == (40, SMALL_HASH.levels * SMALL_HASH.features)
+    torch.testing.assert_close(got.double(), naive_hash_encoding(enc, x), atol=1e-6, rtol=0)
+
+
+def test_hash_gradients_reach_exactly_the_touched_rows():
+    g = torch.Generator().manual_seed(1)
+    enc = HashGridEncoding(SMALL_HASH, generator=g)
+    x = torch.rand(3, 3, generator=g)
+    enc(x).sum().backward()
+    touched = (enc.table.grad.abs().sum(-1) > 0).sum().item()
+    # 3 points x 5 levels x 8 corners, minus shared or colliding rows; the finest level cannot share
+    assert 8 <= touched <= 3 * 5 * 8
+    # d(sum)/d(row) is the summed trilinear weight of the row, and all weights sum to 1 per point and level
+    assert enc.table.grad[:, 0].sum().item() == pytest.approx(3 * 5, abs=1e-5)
+
+
+def test_triplane_reads_product_of_planes_at_grid_nodes():
+    enc = TriplaneEncoding(TriplaneConfig(resolutions=[5], channels=2), generator=torch.Generator().manual_seed(0))
+    planes = enc.planes[0].detach()
+    # normalised x = (0.25, 0.5, 1.0) sits on nodes (1, 2, 4) of a 5-node grid; grid_sample indexes [row=y, col=x]
+    x = torch.tensor([[0.25, 0.5, 1.0]])
+    expected = planes[0, :, 2, 1] * planes[1, :, 4, 1] * planes[2, :, 4, 2]
+    torch.testing.assert_close(enc(x)[0], expected)
+    enc(torch.rand(8, 3)).sum().backward()
+    assert enc.planes[0].grad.abs().sum() > 0
+
+
+def test_spherical_harmonics_are_orthonormal():
+    n = 20000  # Fibonacci sphere: near-uniform directions
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (1 + 5**0.5) * i
+    r = (1 - z * z).sqrt()
+    d = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+    y = SphericalHarmonicsEncoding(4)(d)
+    gram = 4 * math.pi * (y.T @ y) / n
+    torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=2e-3, rtol=0)
+
+
+def test_frequency_encoding_values():
+    enc = FrequencyEncoding(FrequencyConfig(frequencies=2))
+    out = enc(torch.tensor([[0.75, 0.5, 1.0]]))  # -> [0.5, 0, 1] in [-1, 1]
+    assert out.shape == (1, 15)
+    torch.testing.assert_close(out[0, :3], torch.tensor([0.5, 0.0, 1.0]))
+    torch.testing.assert_close(out[0, 3:9], torch.sin(math.pi * torch.tensor([0.5, 1.0, 0.0, 0.0, 1.0, 2.0])))
+
+
+def test_contraction_keeps_unit_cube_and_inverts():
+    x = torch.tensor([[0.3, -0.9, 0.5], [3.0, 0.0, 0.0], [-100.0, 50.0, 1.0]])
+    y = contract(x)
+    torch.testing.assert_close(y[0], x[0])
+    assert y[1, 0].item() == pytest.approx(2 - 1 / 3)
+    assert (y.abs() < 2).all()
+    torch.testing.assert_close(uncontract(y), x, rtol=1e-4, atol=1e-4)
+
+
+def test_field_view_dependence_switch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3) * 2 - 1
+    d1 = torch.nn.functional.normalize(torch.randn(16, 3, generator=g), dim=-1)
+    d2 = -d1
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+    fixed = NerfField(FieldConfig(view_dependent=False), aabb, generator=g)
+    sigma, rgb = fixed(x, d1)
+    assert sigma.shape == (16,) and rgb.shape == (16, 3) and (sigma > 0).all()
+    torch.testing.assert_close(fixed(x, d2)[1], rgb)
+    varying = NerfField(FieldConfig(view_dependent=True), aabb, generator=g)
+    assert (varying(x, d1)[1] - varying(x, d2)[1]).abs().max() > 1e-4
+
+
+def test_tcnn_backend_without_cuda_is_a_user_error():
+    from gen3d.errors import UserError
+    from gen3d.fields.encodings import EncodingConfig, make_position_encoding, tcnn_available
+
+    if tcnn_available():
+        pytest.skip("tiny-cuda-nn is available here")
+    with pytest.raises(UserError, match="hash.backend"):
+        make_position_encoding(EncodingConfig(kind="hash", hash=HashGridConfig(backend="tcnn")))
