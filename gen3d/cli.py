@@ -27,6 +27,7 @@ _state = {"verbose": False}
 _COMMAND_MODULES = [
     "gen3d.commands.bench",
     "gen3d.commands.demo",
+    "gen3d.commands.generate",
     "gen3d.commands.jobs",
     "gen3d.commands.models",
     "gen3d.commands.serve",
@@ -43,6 +44,11 @@ def register_commands() -> None:
     """Import every command module (each registers its commands on `app`); idempotent."""
     for name in _COMMAND_MODULES:
         importlib.import_module(name)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Usage errors from click or from typer's vendored copy of it (typer >= 0.29 ships its own)."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "show")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         return 1
-    except Exception as exc:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        if _is_usage_error(exc):  # click's (or typer's vendored click's) errors carry their exit code, 2
             exc.show()
             return exc.exit_code
         if _state["verbose"]:

@@ -129,3 +129,16 @@ def test_tcnn_backend_without_cuda_is_a_user_error():
         pytest.skip("tiny-cuda-nn is available here")
     with pytest.raises(UserError, match="hash.backend"):
         make_position_encoding(EncodingConfig(kind="hash", hash=HashGridConfig(backend="tcnn")))
+
+
+def test_field_normalize_round_trips_with_contraction():
+    aabb = torch.tensor([-2.0, -1.0, 0.0, 2.0, 3.0, 1.0])
+    x = torch.tensor([[0.0, 1.0, 0.5], [1.9, -0.9, 0.9], [40.0, -7.0, 3.0]])
+    for contraction in (False, True):
+        field = NerfField(FieldConfig(contraction=contraction), aabb, generator=torch.Generator().manual_seed(0))
+        u = field.normalize(x)
+        torch.testing.assert_close(field.denormalize(u), x, rtol=1e-4, atol=1e-4)
+        inside = u[:2]
+        assert ((inside >= 0) & (inside <= 1)).all()
+        if contraction:  # the scene box fills the middle half of [0, 1]^3; far points stay inside
+            assert ((inside >= 0.25) & (inside <= 0.75)).all() and ((u[2] > 0) & (u[2] < 1)).all()

@@ -9,7 +9,13 @@ from gen3d.errors import UserError
 from gen3d.models.autoencoder import AEConfig, build_autoencoder
 from gen3d.models.multiview import MultiViewDenoiser, MVConfig
 from gen3d.models.prior import Observed, load_prior
-from gen3d.models.shapeworld_prior import ASSETS, ShapeWorldPrior, export_prior, load, plucker_maps
+from gen3d.models.shapeworld_prior import (
+    ASSETS,
+    ShapeWorldPrior,
+    export_prior,
+    load,
+    plucker_maps,
+)
 from gen3d.models.text import TextEncoder
 from gen3d.shapeworld.scenes import eval_cameras
 

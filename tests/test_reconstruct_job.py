@@ -33,6 +33,14 @@ def _views(mesh: trimesh.Trimesh, elevations, azimuths, prefix: str) -> Split:
     return Split(render.composited(), cams, [f"{prefix}_{i:02d}.png" for i in range(len(cams))], render.rgba[..., 3:])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def keep_thread_count():
+    """The trainer sets torch's process-wide thread count (1 in the CI preset); give it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory) -> Path:
     """A sphere coloured by position, 12 training views around it and 3 test views between them."""

@@ -13,7 +13,14 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from gen3d.cli import main
-from gen3d.models.training import EMA, OptimConfig, Trainer, batch_indices, save_loss_curve, smooth
+from gen3d.models.training import (
+    EMA,
+    OptimConfig,
+    Trainer,
+    batch_indices,
+    save_loss_curve,
+    smooth,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_AE = REPO / "gen3d" / "assets" / "priors" / "shapeworld-mv" / "autoencoder"

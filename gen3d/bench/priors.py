@@ -26,7 +26,16 @@ from gen3d.models.prior import Observed
 from gen3d.shapeworld.captions import captions_for
 from gen3d.shapeworld.dataset import render_spec
 from gen3d.shapeworld.scenes import eval_cameras
-from gen3d.shapeworld.spec import COLOURS, HELD_OUT, SHAPES, TOP_SHAPES, Part, SceneSpec, is_held_out, nearest_colour
+from gen3d.shapeworld.spec import (
+    COLOURS,
+    HELD_OUT,
+    SHAPES,
+    TOP_SHAPES,
+    Part,
+    SceneSpec,
+    is_held_out,
+    nearest_colour,
+)
 
 STEPS = 20
 SEED = 0
@@ -164,8 +173,8 @@ def run(quick: bool, out_dir: Path) -> list[dict]:
         other = captions[(i + 1) % len(captions)]
         shuffled, ss = _timed_sample(prior, other, cams8[VIEWS_4])
         baseline.append(_row(caption, "shuffled-caption", spec, shuffled, truth8[VIEWS_4], cams8[VIEWS_4], ss))
-        panels += [(f"truth: {caption}", truth8), (f"text, 8 views", sample8), (f"text, 4 views", sample4),
-                   (f"image (obs. view 0) -> views 1,3,5,7", sample_img)]
+        panels += [(f"truth: {caption}", truth8), ("text, 8 views", sample8), ("text, 4 views", sample4),
+                   ("image (obs. view 0) -> views 1,3,5,7", sample_img)]
     rows = [dict(r, mode=f"{r['mode']}-{r['views']}") for r in rows + baseline]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

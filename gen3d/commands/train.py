@@ -11,23 +11,22 @@ training continues with `gen3d train CONFIG --out RUN --resume`. Stages:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import typer
 
 from gen3d.cli import app
-from gen3d.commands.options import OutOpt, SeedOpt, SetOpt
+from gen3d.commands.options import DryRunOpt, OutOpt, SeedOpt, SetOpt
 from gen3d.config import load_config
 from gen3d.errors import UserError
 from gen3d.models.autoencoder import AEConfig
 from gen3d.models.multiview import MVConfig
 from gen3d.models.training import OptimConfig
-from gen3d.runs import Job, RunFolder, resume_job, run_job
+from gen3d.runs import Job, RunFolder, dry_run, resume_job, run_job
 from gen3d.runs.job import Stage
 
 
@@ -56,13 +55,14 @@ class AutoencoderTrainConfig:
 class MultiviewTrainConfig:
     autoencoder: str = "runs/train/ae/autoencoder"  # folder written by an autoencoder run (encodes the latents)
     model: MVConfig = field(default_factory=MVConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=3000, batch=24, lr=5e-4))  # batch: views (targets + observed) per step
+    # optim.batch counts view slots (targets + observed) per step
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=3000, batch=24, lr=5e-4))
     min_views: int = 4
     max_views: int = 8
     max_observed: int = 3
     text_drop: float = 0.1
     observed_drop: float = 0.1  # a set with observed views trains without them (CFG's uncond)
-    text_only: float = 0.4  # share of sets with no observed view at all
+    text_only: float = 0.4  # share of batches with no observed view at all
 
 
 @dataclass
@@ -99,7 +99,13 @@ def _autoencoder_stage(ctx) -> None:
     """Train the decoder. The (fixed) encoder's scaling factor is measured first and the folder
     written at once, so a multi-view run can encode its latents while the decoder trains."""
     from gen3d.models import autoencoder as aem
-    from gen3d.models.training import Trainer, batch_indices, fit, rank_and_world, save_loss_curve
+    from gen3d.models.training import (
+        Trainer,
+        batch_indices,
+        fit,
+        rank_and_world,
+        save_loss_curve,
+    )
 
     cfg: TrainConfig = ctx.config
     tc = cfg.autoencoder
@@ -280,8 +286,8 @@ def _prior_stage(ctx) -> None:
 
 def _multiview_stages() -> list[Stage]:
     return [Stage("text", _text_stage, lambda job: 60.0),
-            Stage("latents", _latents_stage, lambda job: job.config.data.scenes * 0.03),
-            Stage("multiview", _multiview_stage, lambda job: job.config.multiview.optim.steps * 1.5),
+            Stage("latents", _latents_stage, lambda job: job.config.data.scenes * 0.002),
+            Stage("multiview", _multiview_stage, lambda job: job.config.multiview.optim.steps * 0.5),
             Stage("prior", _prior_stage, lambda job: 10.0)]
 
 
@@ -302,7 +308,7 @@ def _then_barrier(run):
 def build_job(cfg: TrainConfig, inputs: dict, seed: int) -> Job:
     stages = [Stage("cache", _cache_stage, lambda job: job.config.data.scenes * 0.1)]
     if cfg.model == "autoencoder":
-        stages.append(Stage("autoencoder", _autoencoder_stage, lambda job: job.config.autoencoder.optim.steps * 1.0))
+        stages.append(Stage("autoencoder", _autoencoder_stage, lambda job: job.config.autoencoder.optim.steps * 0.3))
     else:
         stages += _multiview_stages()
     stages = [Stage(s.name, _then_barrier(s.run), s.estimate_seconds) for s in stages]
@@ -316,6 +322,7 @@ def train(
     seed: SeedOpt = 0,
     out: OutOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    dry: DryRunOpt = False,
 ) -> None:
     """Train the bundled prior's autoencoder or multi-view diffusion model on ShapeWorld."""
     from gen3d.models.training import follow_job, init_distributed
@@ -324,6 +331,9 @@ def train(
     torch.set_num_threads(cfg.threads)
     if resume and out is None:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+    if dry:
+        dry_run(build_job(cfg, {"config": str(config)}, seed))
+        return
     rank, world = init_distributed()
     if world > 1 and out is None:
         raise UserError("under torchrun pass --out RUN_DIR: every rank reads the same run folder")

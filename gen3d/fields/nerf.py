@@ -23,7 +23,7 @@ class FieldConfig:
     color_hidden: int = 64
     view_dependent: bool = True
     sh_degree: int = 4
-    contraction: bool = False  # unbounded scenes: squash |x|_inf > 1 into [-2, 2]^3 (aabb ignored)
+    contraction: bool = False  # unbounded scenes: the aabb stays linear, all space outside squashes around it
     density_bias: float = 0.0  # added before exp: negative values start the scene emptier
 
 
@@ -80,17 +80,17 @@ class NerfField(nn.Module):
         self.color_mlp = mlp([color_in, cfg.color_hidden, 3], generator)
 
     def normalize(self, x: Tensor) -> Tensor:
-        """World points to the encoding's [0, 1]^3."""
-        if self.cfg.contraction:
-            return (contract(x) + 2) / 4
+        """World points to the encoding's [0, 1]^3 (the aabb fills it, or its inner half when contracting)."""
         lo, hi = self.aabb
+        if self.cfg.contraction:
+            return (contract((2 * x - lo - hi) / (hi - lo)) + 2) / 4
         return (x - lo) / (hi - lo)
 
     def denormalize(self, u: Tensor) -> Tensor:
         """The encoding's [0, 1]^3 back to world points (occupancy grids live in that space)."""
-        if self.cfg.contraction:
-            return uncontract(u * 4 - 2)
         lo, hi = self.aabb
+        if self.cfg.contraction:
+            return (uncontract(u * 4 - 2) * (hi - lo) + lo + hi) / 2
         return lo + u * (hi - lo)
 
     def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -28,10 +28,10 @@ from torch import Tensor, nn
 class AEConfig:
     """Architecture of the autoencoder (two downsamplings: 64 -> 16)."""
 
-    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    block_out_channels: tuple[int, ...] = (16, 32, 64)
     layers_per_block: int = 1
     latent_channels: int = 4
-    norm_num_groups: int = 16
+    norm_num_groups: int = 8
     sample_size: int = 64
 
 
@@ -113,7 +113,7 @@ def measure_scaling_factor(ae: AutoencoderKL, images: Tensor, batch: int = 64) -
 def reconstruction_metrics(ae: AutoencoderKL, rgba: Tensor) -> dict:
     """PSNR of the composited-over-white RGB and IoU of the alpha>0.5 masks of reconstructions."""
     recon = decode_rgba(ae, encode_mean(ae, rgba))
-    over_white = lambda im: im[:, :3] * im[:, 3:] + (1 - im[:, 3:])  # noqa: E731
+    over_white = lambda im: im[:, :3] * im[:, 3:] + (1 - im[:, 3:])
     mse = ((over_white(recon) - over_white(rgba)) ** 2).mean()
     true, pred = rgba[:, 3] > 0.5, recon[:, 3] > 0.5
     iou = (true & pred).sum() / (true | pred).sum().clamp(min=1)

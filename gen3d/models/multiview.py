@@ -196,7 +196,7 @@ class MultiViewDenoiser(nn.Module):
         atomic_write_json(folder / CONFIG_NAME, asdict(self.cfg))
 
     @classmethod
-    def from_pretrained(cls, folder: Path) -> "MultiViewDenoiser":
+    def from_pretrained(cls, folder: Path) -> MultiViewDenoiser:
         folder = Path(folder)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():

@@ -41,7 +41,7 @@ class PriorOptions:
     """How a real checkpoint runs (the bundled priors ignore it); every field trades speed for memory."""
 
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # float16: cuda / mps only
-    attention_slicing: bool = False  # compute attention in slices: less peak memory, a little slower
+    attention_slicing: bool = False  # compute attention one head at a time: less peak memory, slower
     offload_text_encoder: bool = False  # keep the text / image encoder on the CPU (its outputs are cached)
     gradient_checkpointing: bool = False  # recompute activations in backward passes (VSD's LoRA update)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from gen3d.cameras import Cameras, from_fov, plucker
+from gen3d.cameras import Cameras, plucker
 from gen3d.diffusion.denoiser import Cond, Denoiser
 from gen3d.diffusion.guidance import CFGDenoiser
 from gen3d.diffusion.samplers import sample as run_sampler

@@ -172,7 +172,7 @@ def fit(ctx, trainer: Trainer, loss_fn: Callable[[nn.Module, int], Tensor],
     rank, _ = rank_and_world()
     steps = ctx.steps(cfg.steps, every=cfg.checkpoint_every, state=trainer.state_dict, restore=trainer.load_state_dict)
     for step in steps:
-        trainer.step(lambda net: loss_fn(net, step))
+        trainer.step(lambda net, step=step: loss_fn(net, step))
         if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             recent = trainer.losses[-cfg.log_every:]
             extra = on_log(step + 1) if on_log is not None else {}
@@ -249,7 +249,7 @@ class FollowerContext:
 
 def follow_job(job, run_dir: Path, rank: int, training_stages: set[str]) -> None:
     """Rank > 0's side of a distributed job: join the training stages' collectives and wait at
-    each stage boundary for rank 0 (which alone runs data preparation and writes the run folder).
+    each stage's closing barrier for rank 0 (which alone prepares data and writes the run folder).
 
     Stage statuses are read before the first barrier, i.e. before rank 0 starts (or resumes), so
     both ranks skip exactly the same finished stages.
@@ -267,5 +267,6 @@ def follow_job(job, run_dir: Path, rank: int, training_stages: set[str]) -> None
         if stage.name in done:
             continue
         if stage.name in training_stages:
-            stage.run(FollowerContext(job, stage.name, run_dir, rank))
-        dist.barrier()
+            stage.run(FollowerContext(job, stage.name, run_dir, rank))  # ends at the stage's barrier
+        else:
+            dist.barrier()

@@ -16,6 +16,7 @@ from gen3d.runs.job import Job
 
 PIPELINES = {
     "reconstruct": "gen3d.pipelines.reconstruct",
+    "text-to-3d": "gen3d.pipelines.text_to_3d",
     "selftest": "gen3d.server.selftest",
 }
 

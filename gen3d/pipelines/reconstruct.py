@@ -14,38 +14,25 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-import trimesh
-from PIL import Image
 
 from gen3d.config import from_dict
 from gen3d.data import Scene, Split, load_scene
 from gen3d.errors import UserError
-from gen3d.export import (
-    clean_mesh,
-    extract_mesh,
-    render_turntable,
-    write_gif,
-    write_mesh,
-    write_pointcloud_ply,
-    write_video,
-)
+from gen3d.export import write_mesh
+from gen3d.pipelines.common import ExportConfig, estimate_export_seconds, export_field, field_mesh, save_png
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.runs import Job, RunFolder, Stage, StageContext, atomic_output
 from gen3d.runs.checkpoint import load_checkpoint
 from gen3d.runs.folder import read_events
 
 KIND = "reconstruct"
-MeshFormat = Literal["glb", "ply", "obj"]
 
 # CPU costs on 2 cores behind the stage estimates, measured with the default engine config on lego
 # at 100x100 (early training, before the occupancy grid prunes); re-measure when the engine changes.
 SECONDS_PER_TRAIN_RAY = 5e-4
 SECONDS_PER_RENDER_RAY = 1.2e-4
-SECONDS_PER_GRID_POINT = 3e-7
-SECONDS_PER_TURNTABLE_PIXEL = 6e-6
 NOMINAL_PIXELS = 100 * 100  # image size assumed by estimates when `data.size` is not set
 
 
@@ -69,21 +56,6 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     max_views: int | None = None  # held-out views rendered and scored; None: all
-
-
-@dataclass
-class ExportConfig:
-    resolution: int = 128  # marching-cubes grid points per axis
-    threshold: float = 10.0  # density level of the surface
-    formats: list[MeshFormat] = dataclasses.field(default_factory=lambda: ["glb", "ply", "obj"])
-    keep_largest: bool = True  # drop every connected component but the largest
-    target_faces: int = 100_000
-    pointcloud_points: int = 20_000
-    turntable_frames: int = 36
-    turntable_size: int = 256
-    turntable_elevation: float = 15.0
-    video: bool = True
-    gif: bool = True
 
 
 @dataclass
@@ -171,12 +143,6 @@ def _trained(ctx: StageContext) -> ReconTrainer:
     return ctx.shared["trainer"]
 
 
-def _save_png(rgb: torch.Tensor, path: Path) -> None:
-    pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    with atomic_output(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
-
-
 # --- stages -----------------------------------------------------------------------------------
 
 def load(ctx: StageContext) -> None:
@@ -248,7 +214,7 @@ def evaluate(ctx: StageContext) -> None:
     result = trainer.evaluate(views.images, views.cameras)
     for i, rgb in enumerate(result["renders"]):
         path = ctx.path / "renders" / f"{i:03d}.png"
-        _save_png(rgb, path)
+        save_png(rgb, path)
         ctx.add_artifact(path, "render", view=views.names[i])
     prefix = "" if data.holdout is not None else "train_"
     ctx.set_metrics(**{f"{prefix}psnr": round(result["psnr"], 4), f"{prefix}ssim": round(result["ssim"], 4)},
@@ -257,41 +223,8 @@ def evaluate(ctx: StageContext) -> None:
               psnr=result["psnr"], ssim=result["ssim"])
 
 
-def _field_mesh(trainer: ReconTrainer, cfg: ExportConfig, resolution: int) -> trimesh.Trimesh:
-    """Marching cubes of the density over the scene box, cleaned, with vertex colours seen from
-    outside looking towards the centre."""
-
-    def color(points: torch.Tensor) -> torch.Tensor:
-        inward = torch.nn.functional.normalize(-points, dim=-1)
-        return trainer.field(points, inward)[1]
-
-    box = torch.tensor(trainer.cfg.render.aabb, dtype=torch.float32).reshape(2, 3)
-    raw = extract_mesh(trainer.density, box, resolution, cfg.threshold, color_fn=color)
-    return clean_mesh(raw, keep_largest=cfg.keep_largest, target_faces=cfg.target_faces)
-
-
 def export(ctx: StageContext) -> None:
-    cfg: Config = ctx.config
-    trainer = _trained(ctx)
-    try:
-        mesh = _field_mesh(trainer, cfg.export, cfg.export.resolution)
-    except UserError as exc:  # an empty or saturated field: nothing to mesh, not bad input
-        ctx.log(f"no mesh exported: {exc}")
-        ctx.event(message="no surface found at export.threshold; no mesh exported")
-        return
-    for fmt in cfg.export.formats:
-        path = write_mesh(mesh, ctx.path / f"mesh.{fmt}")
-        ctx.add_artifact(path, "mesh", format=fmt, up="y" if fmt == "glb" else "z")
-    points, faces = trimesh.sample.sample_surface(mesh, cfg.export.pointcloud_points, seed=ctx.np_rng)
-    colors = mesh.visual.face_colors[faces, :3]  # averaged vertex colours (trimesh's grey when uncoloured)
-    ctx.add_artifact(write_pointcloud_ply(points, colors, ctx.path / "pointcloud.ply"), "pointcloud", up="z")
-    frames = render_turntable(mesh, cfg.export.turntable_frames, cfg.export.turntable_size,
-                              cfg.export.turntable_elevation)
-    if cfg.export.video:
-        ctx.add_artifact(write_video(frames, ctx.path / "turntable.mp4"), "turntable")
-    if cfg.export.gif:
-        ctx.add_artifact(write_gif(frames, ctx.path / "turntable.gif"), "turntable")
-    ctx.set_metrics(mesh_faces=len(mesh.faces), mesh_watertight=bool(mesh.is_watertight))
+    export_field(ctx, _trained(ctx).field, ctx.config.export)
 
 
 # --- estimates ---------------------------------------------------------------------------------
@@ -313,8 +246,7 @@ def _estimate_evaluate(job: Job) -> float:
 
 
 def _estimate_export(job: Job) -> float:
-    e: ExportConfig = job.config.export
-    return e.resolution**3 * SECONDS_PER_GRID_POINT + e.turntable_frames * e.turntable_size**2 * SECONDS_PER_TURNTABLE_PIXEL
+    return estimate_export_seconds(job.config.export)
 
 
 def build_job(config: Config, inputs: dict, seed: int) -> Job:
@@ -335,7 +267,7 @@ def export_mesh(run: RunFolder, fmt: str, resolution: int | None) -> Path:
     trainer = _trainer(cfg, load_data(cfg, run.manifest["inputs"]["scene"]), seed=0)
     trainer.load_state_dict(ckpt.state)
     resolution = resolution or cfg.export.resolution
-    mesh = _field_mesh(trainer, cfg.export, resolution)
+    mesh = field_mesh(trainer.field, cfg.export, resolution)
     path = write_mesh(mesh, run.path / "export" / f"mesh-{resolution}.{fmt}")
     run.add_artifact(path, "mesh", "export", format=fmt, up="y" if fmt == "glb" else "z", resolution=resolution)
     return path

@@ -222,7 +222,7 @@ class LatentPrior(Prior):
                  device: torch.device, dtype: torch.dtype, options: PriorOptions):
         self.device, self.dtype = device, dtype
         if options.attention_slicing:
-            unet.set_attention_slice("auto")
+            unet.set_attention_slice("max")  # one head at a time: works for any head count
         if options.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.unet, self.vae = unet.to(device), vae.to(device)

@@ -329,7 +329,7 @@ def infer_unet_config(shapes: dict[str, tuple], *, sample_size: int, heads: int 
         levels.append((channels, attention, resnets))
         n += 1 if f"input_blocks.{n}.0.op.weight" in shapes else 0
     if not levels or len({lv[2] for lv in levels}) != 1 or "middle_block.1.proj_in.weight" not in shapes:
-        raise UserError("unsupported UNet layout: no levels, levels with different block counts or no middle attention")
+        raise ValueError("unsupported UNet layout: no levels, levels with different block counts or no middle attention")
     channels = [lv[0] for lv in levels]
     attention = [lv[1] for lv in levels]
     proj_in = next(v for k, v in shapes.items() if k.endswith(".1.proj_in.weight"))
@@ -352,6 +352,19 @@ def infer_unet_config(shapes: dict[str, tuple], *, sample_size: int, heads: int 
     if "camera_embed.0.weight" in shapes:  # MVDream: camera MLP added to the time embedding
         config.update(class_embed_type="projection", projection_class_embeddings_input_dim=shapes["camera_embed.0.weight"][1])
     return config
+
+
+def infer_config(fn, shapes: dict[str, tuple], prefix: str, source: str, *args, **kwargs) -> dict:
+    """`fn` on the shapes under `prefix`; a tensor it needs that is missing, or a layout it cannot
+    express, becomes a UserError naming `source`."""
+    try:
+        return fn(_strip(shapes, prefix), *args, **kwargs)
+    except KeyError as exc:
+        raise UserError(f"{source}: lacks '{prefix}{exc.args[0]}' (not a complete checkpoint of this kind?)") from exc
+    except StopIteration as exc:
+        raise UserError(f"{source}: has no cross-attention tensors under '{prefix}'") from exc
+    except ValueError as exc:
+        raise UserError(f"{source}: {exc}") from exc
 
 
 def infer_vae_config(shapes: dict[str, tuple], sample_size: int) -> dict:
@@ -483,27 +496,20 @@ def checkpoint_layout(prior: str, family: str, state: dict[str, Tensor], source:
     image_size = 256 if prior in ("zero123", "mvdream") else 768 if prediction == "v_prediction" else 512
     heads = {"heads": 8} if family == "clip" else {"head_channels": 64}
 
-    def infer(component: str, prefix: str, fn, *args, **kwargs) -> dict:
-        try:
-            return fn(_strip(shapes, prefix), *args, **kwargs)
-        except (KeyError, StopIteration) as exc:
-            what = f"'{prefix}{exc.args[0]}'" if isinstance(exc, KeyError) else f"the {component}'s attention tensors"
-            raise UserError(f"{source}: lacks {what} (not a complete {prior} checkpoint?)") from exc
-
     configs = {
-        "unet": infer("unet", ORIGINAL_PREFIX["unet"], infer_unet_config, sample_size=image_size // 8, **heads,
-                      upcast_attention=prediction == "v_prediction"),
-        "vae": infer("vae", ORIGINAL_PREFIX["vae"], infer_vae_config, image_size),
+        "unet": infer_config(infer_unet_config, shapes, ORIGINAL_PREFIX["unet"], source, sample_size=image_size // 8,
+                             **heads, upcast_attention=prediction == "v_prediction"),
+        "vae": infer_config(infer_vae_config, shapes, ORIGINAL_PREFIX["vae"], source, image_size),
     }
     if prior == "zero123":
         if "cond_stage_model.model.visual.conv1.weight" not in state:
             raise UserError(f"{source}: has no CLIP image encoder (cond_stage_model.model.visual.*)")
-        configs["image_encoder"] = infer("image_encoder", ORIGINAL_PREFIX["image_encoder"], infer_vision_config)
+        configs["image_encoder"] = infer_config(infer_vision_config, shapes, ORIGINAL_PREFIX["image_encoder"], source)
         out_channel, in_channel = shapes["cc_projection.weight"]
         configs["cc_projection"] = {"in_channel": in_channel, "out_channel": out_channel}
     else:
         text_prefix = CLIP_TEXT_PREFIX if family == "clip" else ORIGINAL_PREFIX["text_encoder"]
-        configs["text_encoder"] = infer("text_encoder", text_prefix, infer_text_config, family, token_ids or {})
+        configs["text_encoder"] = infer_config(infer_text_config, shapes, text_prefix, source, family, token_ids or {})
     return layout(prior, configs, family)
 
 

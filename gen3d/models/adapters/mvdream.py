@@ -43,6 +43,7 @@ from gen3d.models.adapters.convert import (
     build_component,
     component_rules,
     folder_shapes,
+    infer_config,
     infer_unet_config,
     to_folder,
 )
@@ -58,10 +59,10 @@ class MultiViewAttnProcessor:
         self.views, self.inner = views, inner
 
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
-                 attention_mask: Tensor | None = None, temb: Tensor | None = None) -> Tensor:
+                 attention_mask: Tensor | None = None) -> Tensor:
         batch, tokens, channels = hidden_states.shape
         joint = hidden_states.reshape(batch // self.views, self.views * tokens, channels)
-        out = self.inner(attn, joint, encoder_hidden_states, attention_mask, temb)
+        out = self.inner(attn, joint, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask)
         return out.reshape(batch, tokens, channels)
 
 
@@ -91,7 +92,7 @@ def unet_from_mvdream_names(folder: Path, dtype: torch.dtype) -> nn.Module:
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     head_channels = config.get("num_head_channels", 64)
     heads = {"head_channels": head_channels} if head_channels > 0 else {"heads": config["num_heads"]}
-    unet_config = infer_unet_config(shapes, sample_size=config.get("image_size", 32), **heads)
+    unet_config = infer_config(infer_unet_config, shapes, "", str(folder), sample_size=config.get("image_size", 32), **heads)
     rules = component_rules("unet", unet_config, list(folder_shapes("unet", unet_config)), prefix="")
     tensors = to_folder(Layout("mvdream", {"unet": unet_config}, {"unet": rules}), state, str(folder))["unet"]
     with torch.device("meta"):

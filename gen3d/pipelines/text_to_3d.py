@@ -1,0 +1,391 @@
+"""`text-to-3d`: a prompt -> a 3D object, by one of three methods.
+
+- mv-recon (default): the multi-view prior generates views around the object (in passes, later
+  passes conditioned on earlier views), and the reconstruction engine fits a field to them with the
+  generated alpha as a mask loss. Stages: views -> fit -> export.
+- sds: a field optimised from scratch by score distillation through the prior: each step renders
+  one set of views at the prior's cameras (random azimuth offset and elevation), encodes them
+  differentiably and follows the prior's guided score. Stages: distill -> export.
+- vsd: sds with variational score distillation (a LoRA copy of the prior fits the current renders).
+
+Export writes the mesh (GLB/PLY/OBJ), a point cloud, a turntable of the mesh and renders of the
+field at the ShapeWorld evaluation orbit (role render), which the benchmark scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gen3d.cameras import Cameras, generate_rays, orbit
+from gen3d.diffusion.distill import VSD, anneal_t_range, sds_loss
+from gen3d.errors import UserError
+from gen3d.fields.nerf import FieldConfig, NerfField, TruncExp
+from gen3d.models.prior import Prior, load_prior
+from gen3d.pipelines.common import (
+    ExportConfig,
+    estimate_export_seconds,
+    export_field,
+    generate_views,
+    load_views,
+    pass_cameras,
+    save_renders,
+    save_views,
+)
+from gen3d.recon import ReconConfig, ReconTrainer
+from gen3d.render.volume import VolumeRenderer
+from gen3d.runs import Job, Stage, StageContext
+from gen3d.shapeworld.scenes import ELEVATION_RANGE_DEG, FOV_Y_DEG, RADIUS, eval_cameras
+
+KIND = "text-to-3d"
+Method = Literal["mv-recon", "sds", "vsd"]
+METHODS = ("mv-recon", "sds", "vsd")
+
+# CPU costs on 2 cores behind the stage estimates (bundled prior, default configs); re-measure when
+# the prior or the engine changes.
+PRIOR_LOAD_SECONDS = 4.0
+SECONDS_PER_VIEW_STEP = 0.09  # one sampler step for one generated view (CFG: two network rows)
+SECONDS_PER_FIT_RAY = 2.5e-4
+SECONDS_PER_RENDER_PIXEL = 1.5e-4
+SECONDS_PER_DISTILL_PIXEL = 2.0e-4  # one rendered pixel per distillation step (render + backward)
+SECONDS_PER_DISTILL_VIEW = 0.03  # one view through encode + guided denoiser per step
+VSD_LORA_FACTOR = 1.0  # VSD's LoRA update per step, relative to the guided prior call
+
+
+@dataclass
+class ViewsConfig:
+    passes: list[int] = dataclasses.field(default_factory=lambda: [8])  # views per sampling pass
+    elevations: list[float] = dataclasses.field(default_factory=lambda: [15.0, 30.0])  # cycled over views
+    steps: int = 20  # sampler steps per pass
+    guidance: float | None = None  # None: the prior's default
+
+
+@dataclass
+class FitConfig:
+    checkpoint_every: int = 100
+    log_every: int = 25
+
+
+@dataclass
+class DistillConfig:
+    steps: int = 1500
+    lr: float = 1e-2
+    render_size: int = 32  # rendered pixels per side, upsampled to the prior's image size
+    coarse_steps: int = 300  # only the coarse hash levels are active before this step
+    coarse_levels: int = 4
+    guidance: float = 30.0  # SDS needs a large scale; VSD uses vsd_guidance
+    vsd_guidance: float = 7.5
+    t_start: list[float] = dataclasses.field(default_factory=lambda: [0.02, 0.98])
+    t_end: list[float] = dataclasses.field(default_factory=lambda: [0.02, 0.5])
+    anneal: Literal["linear", "sqrt"] = "sqrt"
+    weighting: Literal["dreamfusion", "uniform"] = "dreamfusion"
+    elevations: list[float] = dataclasses.field(default_factory=lambda: list(ELEVATION_RANGE_DEG))  # [min, max]
+    background: Literal["alpha", "white", "random"] = "alpha"  # alpha: RGBA to the prior; else composite
+    blob_density: float = 5.0  # pre-activation density added at the centre: SDS starts from an object
+    blob_radius: float = 0.4
+    lora_rank: int = 4
+    lora_lr: float = 1e-3
+    checkpoint_every: int = 250
+    log_every: int = 25
+
+
+def _fit_recon() -> ReconConfig:
+    """The engine for generated views: white background, view-independent colour, mask loss on alpha."""
+    recon = ReconConfig(steps=400, batch_rays=2048, mask_loss_weight=1.0)
+    recon.field.view_dependent = False
+    recon.field.encoding.kind = "hash"
+    recon.field.encoding.hash.levels = 8
+    recon.field.encoding.hash.log2_table = 14
+    recon.field.encoding.hash.max_resolution = 128
+    recon.render.aabb = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
+    recon.render.near, recon.render.far = 1.0, 4.0
+    recon.render.step_size = 0.03
+    recon.render.background = "random"
+    recon.render.occupancy.resolution = 32
+    recon.optim.lr = 0.02
+    return recon
+
+
+def _export() -> ExportConfig:
+    return ExportConfig(resolution=96, threshold=5.0, target_faces=20_000, pointcloud_points=5_000,
+                        turntable_frames=24, turntable_size=128, video=True, gif=True)
+
+
+@dataclass
+class Config:
+    method: Method = "mv-recon"
+    prior: str = "shapeworld-mv"
+    model_path: str | None = None  # a prior folder instead of the bundled weights
+    render_size: int = 64  # pixels of the renders at the evaluation orbit
+    views: ViewsConfig = dataclasses.field(default_factory=ViewsConfig)
+    recon: ReconConfig = dataclasses.field(default_factory=_fit_recon)  # field, renderer (all methods) and the fit
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    export: ExportConfig = dataclasses.field(default_factory=_export)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_prior(name: str, model_path: str | None) -> Prior:
+    """Priors are frozen, so one loaded copy serves every job in the process (tests, benchmarks)."""
+    return load_prior(name, None if model_path is None else Path(model_path))
+
+
+def _prior(cfg: Config) -> Prior:
+    return cached_prior(cfg.prior, cfg.model_path)
+
+
+# --- mv-recon ------------------------------------------------------------------------------------
+
+def views(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    prior = _prior(cfg)
+    cams = pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, prior.image_size)
+    rgba = generate_views(prior, ctx.inputs["prompt"], cams, cfg.views.passes, observed=None,
+                          steps=cfg.views.steps, guidance=cfg.views.guidance, generator=ctx.generator)
+    save_views(ctx, rgba, cams, FOV_Y_DEG)
+    ctx.log(f"{len(cams)} views at {prior.image_size}x{prior.image_size} in passes of {cfg.views.passes}")
+
+
+def _fit_trainer(ctx: StageContext, seed: int) -> ReconTrainer:
+    images, cams = load_views(ctx.path)
+    return ReconTrainer(ctx.config.recon, images, cams, seed=seed)
+
+
+def fit(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    trainer = _fit_trainer(ctx, ctx.stage_seed)
+    total = cfg.recon.steps
+    for step in ctx.steps(total, every=cfg.fit.checkpoint_every, state=trainer.state_dict,
+                          restore=trainer.load_state_dict):
+        stats = trainer.step()
+        if (step + 1) % cfg.fit.log_every == 0 or step + 1 == total:
+            ctx.event(step + 1, total, loss=stats["loss"], train_psnr=stats["psnr"])
+    ctx.add_artifact(ctx.run.checkpoint_path("fit"), "checkpoint")
+    ctx.shared["model"] = (trainer.field, trainer.renderer)
+
+
+def _fitted(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
+    trainer = _fit_trainer(ctx, 0)
+    trainer.load_state_dict(ctx.read_checkpoint("fit").state)
+    return trainer.field, trainer.renderer
+
+
+# --- sds / vsd -----------------------------------------------------------------------------------
+
+class DistillField(NerfField):
+    """A field for optimisation from scratch: a density blob at the centre (so the first renders
+    show an object for the prior to shape, not empty space) and coarse-to-fine hash levels (the
+    finer levels join after `coarse_steps`, so early, noisy gradients cannot carve fine noise)."""
+
+    def __init__(self, cfg: FieldConfig, aabb: Tensor, blob_density: float, blob_radius: float,
+                 generator: torch.Generator | None = None):
+        super().__init__(cfg, aabb, generator)
+        self.blob_density, self.blob_radius = blob_density, blob_radius
+        self.register_buffer("level_mask", torch.ones(self.encoding.out_dim), persistent=False)
+
+    def set_levels(self, levels: int | None) -> None:
+        """Keep the first `levels` hash levels (None: all); other encodings ignore it."""
+        self.level_mask.fill_(1.0)
+        if levels is not None and self.cfg.encoding.kind == "hash":
+            self.level_mask[levels * self.cfg.encoding.hash.features:] = 0.0
+
+    def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.density_mlp(self.encoding(self.normalize(x)) * self.level_mask)
+        blob = self.blob_density * torch.exp(-x.square().sum(-1) / (2 * self.blob_radius**2))
+        return TruncExp.apply(h[:, 0] + self.cfg.density_bias + blob), h[:, 1:]
+
+
+class Distiller:
+    """The field, renderer, optimiser (and VSD's LoRA copy) of one distillation run; every random
+    draw comes from `generator`, so `state_dict()` (plus the runner's RNG states) resumes exactly."""
+
+    def __init__(self, cfg: Config, prior: Prior, prompt: str, generator: torch.Generator):
+        d = cfg.distill
+        self.cfg, self.prior, self.prompt, self.generator = cfg, prior, prompt, generator
+        self.field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), d.blob_density,
+                                  d.blob_radius, generator)
+        self.renderer = VolumeRenderer(cfg.recon.render)
+        self.model = nn.ModuleDict({"field": self.field, "renderer": self.renderer})
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=d.lr, betas=(0.9, 0.99), eps=1e-15)
+        self.vsd = None
+        if cfg.method == "vsd":
+            network = prior.network if prior.network is not None else prior.denoiser.net
+            if not isinstance(network, nn.Module):
+                raise UserError(f"prior '{cfg.prior}' offers no network module for VSD's LoRA copy; use --method sds")
+            self.vsd = VSD(prior.denoiser, network, call=prior.network_call, rank=d.lora_rank, lr=d.lora_lr,
+                           generator=generator)
+        self.step_count = 0
+
+    def cameras(self, size: int) -> tuple[Cameras, list[float]]:
+        """One set of the prior's views: evenly spaced azimuths from a random offset, one random elevation."""
+        n = self.prior.views_per_set
+        lo, hi = self.cfg.distill.elevations
+        offset, elevation = torch.rand(2, generator=self.generator, dtype=torch.float64).tolist()
+        azimuths = [(360.0 * (offset + k / n)) % 360.0 for k in range(n)]
+        return orbit([lo + elevation * (hi - lo)] * n, azimuths, RADIUS, FOV_Y_DEG, size, size), azimuths
+
+    def prompts(self, azimuths: list[float]) -> str:
+        """Single-view priors get a view-dependent prompt (front, side or back) for their one view."""
+        if self.prior.views_per_set > 1:
+            return self.prompt
+        return f"{self.prompt}, {view_word(azimuths[0])} view"
+
+    def render(self, cams: Cameras) -> Tensor:
+        """Differentiable RGBA (V, 4, S, S) for the prior, upsampled to its image size."""
+        d = self.cfg.distill
+        rays_o, rays_d = _rays(cams)
+        out = self.renderer.render_rays(self.field, rays_o, rays_d, torch.zeros(3), generator=self.generator)
+        n, s = len(cams), cams.height
+        premult = out["rgb"].reshape(n, s, s, 3).permute(0, 3, 1, 2)
+        alpha = out["opacity"].reshape(n, 1, s, s)
+        if d.background == "alpha":  # straight colour, so the prior's own compositing sees premult + (1 - a)
+            rgba = torch.cat([premult / alpha.clamp_min(1e-4), alpha], 1)
+        else:
+            color = torch.ones(3) if d.background == "white" else torch.rand(3, generator=self.generator)
+            rgba = torch.cat([premult + color[:, None, None] * (1 - alpha), torch.ones_like(alpha)], 1)
+        size = self.prior.image_size
+        return F.interpolate(rgba, size=(size, size), mode="bilinear", align_corners=False)
+
+    def step(self) -> float:
+        d, total = self.cfg.distill, self.cfg.distill.steps
+        self.field.set_levels(d.coarse_levels if self.step_count < d.coarse_steps else None)
+        cams, azimuths = self.cameras(d.render_size)
+        cond, uncond = self.prior.condition(self.prompts(azimuths), cams)
+        latents = self.prior.encode(self.render(cams))
+        t_range = anneal_t_range(self.step_count, total, tuple(d.t_start), tuple(d.t_end), d.anneal)
+        group = self.prior.views_per_set
+        if self.vsd is None:
+            guided = self.prior.guided(cond, uncond, d.guidance)
+            loss, _ = sds_loss(guided, latents, self.generator, cond, t_range=t_range, weighting=d.weighting, group=group)
+        else:
+            self.vsd.prior = self.prior.guided(cond, uncond, d.vsd_guidance)  # cameras change every step
+            loss, _ = self.vsd.loss(latents, self.generator, cond, t_range=t_range, weighting=d.weighting, group=group)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.vsd is not None:
+            self.vsd.update_lora(latents, self.generator, cond, group=group)
+        self.step_count += 1
+        self.renderer.update_occupancy(self.field, self.step_count, self.generator)
+        return float(loss.detach())
+
+    def finish(self) -> None:
+        self.field.set_levels(None)
+
+    def state_dict(self) -> dict:
+        state = {"step": self.step_count, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "rng": self.generator.get_state()}
+        if self.vsd is not None:
+            state["lora"] = [p.detach().clone() for p in self.vsd.lora_params]
+            state["lora_optimizer"] = self.vsd.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["rng"])
+        if self.vsd is not None:
+            with torch.no_grad():
+                for p, saved in zip(self.vsd.lora_params, state["lora"]):
+                    p.copy_(saved)
+            self.vsd.optimizer.load_state_dict(state["lora_optimizer"])
+
+
+def view_word(azimuth_deg: float) -> str:
+    """front within 45 degrees of +x (azimuth 0), back within 45 degrees of -x, else side."""
+    a = azimuth_deg % 360.0
+    return "front" if a < 45 or a >= 315 else "back" if 135 <= a < 225 else "side"
+
+
+def _rays(cams: Cameras) -> tuple[Tensor, Tensor]:
+    origins, dirs = generate_rays(cams)
+    return origins.reshape(-1, 3), dirs.reshape(-1, 3)
+
+
+def distill(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    distiller = Distiller(cfg, _prior(cfg), ctx.inputs["prompt"], ctx.generator)
+    total = cfg.distill.steps
+    for step in ctx.steps(total, every=cfg.distill.checkpoint_every, state=distiller.state_dict,
+                          restore=distiller.load_state_dict):
+        loss = distiller.step()
+        if (step + 1) % cfg.distill.log_every == 0 or step + 1 == total:
+            ctx.event(step + 1, total, loss=loss)
+    distiller.finish()
+    ctx.add_artifact(ctx.run.checkpoint_path("distill"), "checkpoint")
+    ctx.shared["model"] = (distiller.field, distiller.renderer)
+
+
+def _distilled(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
+    cfg: Config = ctx.config
+    d = cfg.distill
+    field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), d.blob_density, d.blob_radius)
+    renderer = VolumeRenderer(cfg.recon.render)
+    nn.ModuleDict({"field": field, "renderer": renderer}).load_state_dict(ctx.read_checkpoint("distill").state["model"])
+    return field, renderer
+
+
+# --- export --------------------------------------------------------------------------------------
+
+def export(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    if "model" not in ctx.shared:
+        ctx.shared["model"] = _fitted(ctx) if cfg.method == "mv-recon" else _distilled(ctx)
+    field, renderer = ctx.shared["model"]
+    export_field(ctx, field, cfg.export)
+    save_renders(ctx, field, renderer, eval_cameras(cfg.render_size))
+
+
+# --- estimates -----------------------------------------------------------------------------------
+
+def _estimate_views(job: Job) -> float:
+    cfg: Config = job.config
+    return PRIOR_LOAD_SECONDS + sum(cfg.views.passes) * cfg.views.steps * SECONDS_PER_VIEW_STEP
+
+
+def _estimate_fit(job: Job) -> float:
+    cfg: Config = job.config
+    return cfg.recon.steps * cfg.recon.batch_rays * SECONDS_PER_FIT_RAY
+
+
+def _estimate_distill(job: Job) -> float:
+    cfg: Config = job.config
+    d = cfg.distill
+    views = 4  # the bundled prior's set size; estimates read no files, so the prior is not loaded
+    per_step = views * (d.render_size**2 * SECONDS_PER_DISTILL_PIXEL
+                        + SECONDS_PER_DISTILL_VIEW * (1 + (VSD_LORA_FACTOR if cfg.method == "vsd" else 0)))
+    return PRIOR_LOAD_SECONDS + d.steps * per_step
+
+
+def _estimate_export(job: Job) -> float:
+    cfg: Config = job.config
+    return estimate_export_seconds(cfg.export) + 8 * cfg.render_size**2 * SECONDS_PER_RENDER_PIXEL
+
+
+def slug(prompt: str) -> str:
+    """A folder-name tail from the prompt: lowercase words joined by dashes, at most 40 characters."""
+    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    return words[:40].rstrip("-") or "prompt"
+
+
+def build_job(config: Config, inputs: dict, seed: int) -> Job:
+    if config.method not in METHODS:
+        raise UserError(f"method must be one of {', '.join(METHODS)}, got '{config.method}'")
+    if not str(inputs.get("prompt", "")).strip():
+        raise UserError("the prompt is empty; describe the object, e.g. \"a red sphere\"")
+    if config.method == "mv-recon":
+        stages = [Stage("views", views, _estimate_views), Stage("fit", fit, _estimate_fit)]
+    else:
+        stages = [Stage("distill", distill, _estimate_distill)]
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["prompt"]),
+               stages=stages + [Stage("export", export, _estimate_export)])
+
