@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "gen3d.commands.bench",
     "gen3d.commands.demo",
     "gen3d.commands.generate",
+    "gen3d.commands.image",
     "gen3d.commands.jobs",
     "gen3d.commands.models",
     "gen3d.commands.serve",

@@ -16,9 +16,10 @@ N = 10_000
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _threads():
+def _one_thread():
+    """The toy's small matrices gain nothing from a second thread, and a busy machine makes it spin."""
     old = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
 
@@ -121,7 +122,7 @@ def test_dps_recovers_a_masked_signal(diffusion_toy):
         return float((samples - truth).norm(dim=1).mean())
 
     unguided = sample(diffusion_toy, (512, 2), sampler="euler", generator=torch.Generator().manual_seed(6))
-    dps = DPSDenoiser(diffusion_toy, measure, y, scale=1.0)
+    dps = DPSDenoiser(diffusion_toy, measure, y, scale=6.0)
     guided = sample(dps, (512, 2), sampler="euler", generator=torch.Generator().manual_seed(6))
-    assert error(guided) < 0.5 * error(unguided)
-    assert (measure(guided) - y).abs().mean() < 0.15
+    assert error(guided) < 0.25 * error(unguided)
+    assert (measure(guided) - y).abs().mean() < 0.2

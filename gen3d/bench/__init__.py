@@ -7,8 +7,10 @@ as sample grids go to `out_dir`, the JSON's folder) registered below by name;
 
 BENCHMARKS = {
     "fields": "gen3d.bench.fields",
+    "fewview": "gen3d.bench.fewview",
     "reconstruct": "gen3d.bench.reconstruct",
     "priors": "gen3d.bench.priors",
     "samplers": "gen3d.bench.samplers",
     "shapeworld": "gen3d.bench.shapeworld",
+    "text-to-3d": "gen3d.bench.text_to_3d",
 }

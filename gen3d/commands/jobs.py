@@ -52,6 +52,7 @@ def reconstruct(
     scene: Annotated[Path, typer.Argument(help="Scene folder: transforms.json, transforms_train.json or poses_bounds.npy.")],
     views: Annotated[int | None, typer.Option("--views", help="Train on K views (farthest-point sampling).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Training steps.")] = None,
+    prior: Annotated[str | None, typer.Option("--prior", help="Prior generating views at new cameras (e.g. shapeworld-mv).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = 0,
@@ -60,8 +61,9 @@ def reconstruct(
 ) -> None:
     """Fit a radiance field to a posed scene, evaluate it on held-out views and export a mesh."""
     detect(scene)  # a missing or unrecognised scene folder fails here, before anything is written
-    module = pipeline_module("reconstruct")
-    cfg = load_config(module.Config, config, job_overrides(set_, **{"data.views": views, "recon.steps": steps}))
+    module = pipeline_module("reconstruct" if prior is None else "reconstruct-prior")
+    flags = {"data.views": views, "recon.steps": steps} | ({} if prior is None else {"prior.name": prior})
+    cfg = load_config(module.Config, config, job_overrides(set_, **flags))
     launch_job(module.build_job(cfg, {"scene": str(scene.resolve())}, seed), out=out, dry=dry)
 
 

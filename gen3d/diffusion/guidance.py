@@ -60,11 +60,11 @@ class CFGDenoiser(Denoiser):
 
 
 class DPSDenoiser(Denoiser):
-    """Diffusion posterior sampling (Chung et al. 2023) for y = H(x) + noise.
+    """Diffusion posterior sampling (Chung et al. 2023) for measurements y = H(x) + noise.
 
-    The x0 estimate is moved against the gradient, taken through the denoiser, of the residual
-    norm ||y - H(x0_hat(x))||, with DPS's step size `scale / ||residual||`-free form:
-    x0 <- x0 - scale * grad_x ||y - H(x0_hat)||.
+    In the k-diffusion form the denoised estimate is x + sigma^2 * score, so adding the likelihood
+    term to the score moves x0 by -sigma^2 * grad_x of the residual norm ||y - H(x0_hat(x))||,
+    taken through the denoiser; `scale` is DPS's step size zeta.
     """
 
     def __init__(self, base: Denoiser, measure: Callable[[Tensor], Tensor], y: Tensor, scale: float):
@@ -77,4 +77,5 @@ class DPSDenoiser(Denoiser):
             x0 = self.base.denoise_ve(x_in, sigma_ve, t, cond)
             residual = (self.y - self.measure(x0)).flatten(1).norm(dim=1).sum()
             (grad,) = torch.autograd.grad(residual, x_in)
-        return x0.detach() - self.scale * grad
+        sigma = torch.as_tensor(sigma_ve, dtype=x.dtype)
+        return x0.detach() - self.scale * sigma**2 * grad

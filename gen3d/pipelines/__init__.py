@@ -17,6 +17,8 @@ from gen3d.runs.job import Job
 PIPELINES = {
     "reconstruct": "gen3d.pipelines.reconstruct",
     "text-to-3d": "gen3d.pipelines.text_to_3d",
+    "image-to-3d": "gen3d.pipelines.image_to_3d",
+    "reconstruct-prior": "gen3d.pipelines.fewview",
     "selftest": "gen3d.server.selftest",
 }
 

@@ -71,7 +71,7 @@ def save_png(image: Tensor, path: Path) -> None:
 
 def read_png(path: Path) -> Tensor:
     """An 8-bit PNG as float (H, W, C) in [0, 1]."""
-    return torch.from_numpy(np.asarray(Image.open(path))).float() / 255
+    return torch.from_numpy(np.array(Image.open(path))).float() / 255
 
 
 # --- generated views -----------------------------------------------------------------------------

@@ -89,8 +89,9 @@ class DistillConfig:
     weighting: Literal["dreamfusion", "uniform"] = "dreamfusion"
     elevations: list[float] = dataclasses.field(default_factory=lambda: list(ELEVATION_RANGE_DEG))  # [min, max]
     background: Literal["alpha", "white", "random"] = "alpha"  # alpha: RGBA to the prior; else composite
-    blob_density: float = 5.0  # pre-activation density added at the centre: SDS starts from an object
+    blob_density: float = 6.0  # pre-activation density added at the centre: SDS starts from an object
     blob_radius: float = 0.4
+    density_bias: float = -3.0  # pre-activation density added everywhere: empty space around the blob
     lora_rank: int = 4
     lora_lr: float = 1e-3
     checkpoint_every: int = 250
@@ -142,10 +143,17 @@ def _prior(cfg: Config) -> Prior:
     return cached_prior(cfg.prior, cfg.model_path)
 
 
+def _use_threads(cfg: Config) -> None:
+    """Every stage runs on `recon.threads` CPU threads (0: as started), not only the engine's fit."""
+    if cfg.recon.threads > 0:
+        torch.set_num_threads(cfg.recon.threads)
+
+
 # --- mv-recon ------------------------------------------------------------------------------------
 
 def views(ctx: StageContext) -> None:
     cfg: Config = ctx.config
+    _use_threads(cfg)
     prior = _prior(cfg)
     cams = pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, prior.image_size)
     rgba = generate_views(prior, ctx.inputs["prompt"], cams, cfg.views.passes, observed=None,
@@ -185,10 +193,9 @@ class DistillField(NerfField):
     show an object for the prior to shape, not empty space) and coarse-to-fine hash levels (the
     finer levels join after `coarse_steps`, so early, noisy gradients cannot carve fine noise)."""
 
-    def __init__(self, cfg: FieldConfig, aabb: Tensor, blob_density: float, blob_radius: float,
-                 generator: torch.Generator | None = None):
+    def __init__(self, cfg: FieldConfig, aabb: Tensor, d: DistillConfig, generator: torch.Generator | None = None):
         super().__init__(cfg, aabb, generator)
-        self.blob_density, self.blob_radius = blob_density, blob_radius
+        self.blob_density, self.blob_radius, self.bias = d.blob_density, d.blob_radius, d.density_bias
         self.register_buffer("level_mask", torch.ones(self.encoding.out_dim), persistent=False)
 
     def set_levels(self, levels: int | None) -> None:
@@ -200,7 +207,7 @@ class DistillField(NerfField):
     def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.density_mlp(self.encoding(self.normalize(x)) * self.level_mask)
         blob = self.blob_density * torch.exp(-x.square().sum(-1) / (2 * self.blob_radius**2))
-        return TruncExp.apply(h[:, 0] + self.cfg.density_bias + blob), h[:, 1:]
+        return TruncExp.apply(h[:, 0] + self.cfg.density_bias + self.bias + blob), h[:, 1:]
 
 
 class Distiller:
@@ -210,8 +217,7 @@ class Distiller:
     def __init__(self, cfg: Config, prior: Prior, prompt: str, generator: torch.Generator):
         d = cfg.distill
         self.cfg, self.prior, self.prompt, self.generator = cfg, prior, prompt, generator
-        self.field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), d.blob_density,
-                                  d.blob_radius, generator)
+        self.field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), d, generator)
         self.renderer = VolumeRenderer(cfg.recon.render)
         self.model = nn.ModuleDict({"field": self.field, "renderer": self.renderer})
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=d.lr, betas=(0.9, 0.99), eps=1e-15)
@@ -313,6 +319,7 @@ def _rays(cams: Cameras) -> tuple[Tensor, Tensor]:
 
 def distill(ctx: StageContext) -> None:
     cfg: Config = ctx.config
+    _use_threads(cfg)
     distiller = Distiller(cfg, _prior(cfg), ctx.inputs["prompt"], ctx.generator)
     total = cfg.distill.steps
     for step in ctx.steps(total, every=cfg.distill.checkpoint_every, state=distiller.state_dict,
@@ -327,8 +334,7 @@ def distill(ctx: StageContext) -> None:
 
 def _distilled(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
     cfg: Config = ctx.config
-    d = cfg.distill
-    field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), d.blob_density, d.blob_radius)
+    field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), cfg.distill)
     renderer = VolumeRenderer(cfg.recon.render)
     nn.ModuleDict({"field": field, "renderer": renderer}).load_state_dict(ctx.read_checkpoint("distill").state["model"])
     return field, renderer
@@ -338,6 +344,7 @@ def _distilled(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
 
 def export(ctx: StageContext) -> None:
     cfg: Config = ctx.config
+    _use_threads(cfg)
     if "model" not in ctx.shared:
         ctx.shared["model"] = _fitted(ctx) if cfg.method == "mv-recon" else _distilled(ctx)
     field, renderer = ctx.shared["model"]

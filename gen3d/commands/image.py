@@ -1,0 +1,39 @@
+"""`gen3d image-to-3d`: one photo of an object -> a 3D object as a resumable run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gen3d.cli import app
+from gen3d.commands.generate import MethodOpt, PriorNameOpt
+from gen3d.commands.jobs import job_overrides, launch_job
+from gen3d.commands.options import ConfigOpt, DryRunOpt, ModelPathOpt, OutOpt, SeedOpt, SetOpt
+from gen3d.config import load_config
+from gen3d.pipelines import pipeline_module
+
+
+@app.command("image-to-3d")
+def image_to_3d(
+    image: Annotated[Path, typer.Argument(help="PNG or JPEG of one object (transparent or plain background).")],
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="Foreground mask image (white or opaque = object).")] = None,
+    elevation: Annotated[Optional[float], typer.Option("--elevation", help="Camera elevation of the photo in degrees (default 15).")] = None,
+    method: MethodOpt = None,
+    prior: PriorNameOpt = None,
+    model_path: ModelPathOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = None,
+    dry: DryRunOpt = False,
+) -> None:
+    """Make a 3D object from one image: the prior generates views around it (nv-recon) and the
+    reconstruction engine fits them together with the photo."""
+    module = pipeline_module("image-to-3d")
+    flags = {"method": method, "prior": prior, "elevation": elevation,
+             "model_path": None if model_path is None else model_path.resolve()}
+    cfg = load_config(module.Config, config, job_overrides(set_, **flags))
+    inputs = {"image": str(image.resolve()), "mask": None if mask is None else str(mask.resolve())}
+    launch_job(module.build_job(cfg, inputs, seed), out=out, dry=dry)

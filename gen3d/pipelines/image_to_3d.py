@@ -1,0 +1,155 @@
+"""`image-to-3d`: one photo of an object -> a 3D object.
+
+nv-recon (novel-view reconstruction): the photo, cut out and framed like the prior's training
+renders, is an observed view at azimuth 0 and the given elevation; the multi-view prior generates
+views around the object conditioned on it (later passes also on earlier outputs), and the engine
+fits a field to the photo plus the generated views (the photo weighted higher), with alpha as a
+mask loss. Stages: views -> fit -> export, with text-to-3D's run folder, resume and artifacts.
+
+`views/000.png` is always the user's view; generated views follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from gen3d.cameras import Cameras, orbit
+from gen3d.data.foreground import ForegroundConfig, prepare_image
+from gen3d.errors import UserError
+from gen3d.fields.nerf import NerfField
+from gen3d.models.prior import Observed
+from gen3d.pipelines import text_to_3d
+from gen3d.pipelines.common import (
+    ExportConfig,
+    export_field,
+    generate_views,
+    load_views,
+    pass_cameras,
+    save_png,
+    save_renders,
+    save_views,
+)
+from gen3d.recon import ReconConfig, ReconTrainer
+from gen3d.render.volume import VolumeRenderer
+from gen3d.runs import Job, Stage, StageContext
+from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS, eval_cameras
+
+KIND = "image-to-3d"
+Method = Literal["nv-recon"]
+METHODS = ("nv-recon",)
+CHECK_SIZE = 16  # resolution of the up-front input check (the run prepares the photo again at the prior's)
+
+
+def _views() -> text_to_3d.ViewsConfig:
+    """Two passes of 4: the second, rotated 45 degrees, sees the photo and first-pass views."""
+    return text_to_3d.ViewsConfig(passes=[4, 4], elevations=[15.0, 30.0], steps=20)
+
+
+@dataclass
+class Config:
+    method: Method = "nv-recon"
+    prior: str = "shapeworld-mv"
+    model_path: str | None = None
+    elevation: float = 15.0  # degrees above the object's equator the photo was taken from
+    input_weight: float = 3.0  # the photo's loss weight relative to one generated view
+    foreground: ForegroundConfig = dataclasses.field(default_factory=ForegroundConfig)
+    render_size: int = 64  # pixels of the renders at the evaluation orbit
+    views: text_to_3d.ViewsConfig = dataclasses.field(default_factory=_views)
+    recon: ReconConfig = dataclasses.field(default_factory=text_to_3d._fit_recon)
+    fit: text_to_3d.FitConfig = dataclasses.field(default_factory=text_to_3d.FitConfig)
+    export: ExportConfig = dataclasses.field(default_factory=text_to_3d._export)
+
+
+def input_camera(elevation: float, size: int) -> Cameras:
+    """The photo's camera: azimuth 0 (+x), the prior's radius and field of view."""
+    return orbit([elevation], [0.0], RADIUS, FOV_Y_DEG, size, size)
+
+
+def observed_view(cfg: Config, inputs: dict, size: int) -> Observed:
+    """The user's photo as the prior's observed view (validated; UserError names the file)."""
+    rgba = prepare_image(Path(inputs["image"]), inputs.get("mask") and Path(inputs["mask"]), size, cfg.foreground)
+    return Observed(rgba[None], input_camera(cfg.elevation, size))
+
+
+# --- stages ----------------------------------------------------------------------------------
+
+def views(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    prior = text_to_3d.cached_prior(cfg.prior, cfg.model_path)
+    observed = observed_view(cfg, ctx.inputs, prior.image_size)
+    save_png(observed.images[0].permute(1, 2, 0), ctx.path / "input.png")
+    ctx.add_artifact(ctx.path / "input.png", "views", input=True)
+    cams = pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, prior.image_size)
+    rgba = generate_views(prior, None, cams, cfg.views.passes, observed=observed, steps=cfg.views.steps,
+                          guidance=cfg.views.guidance, generator=ctx.generator)
+    save_views(ctx, torch.cat([observed.images, rgba]), Cameras.cat([observed.cameras, cams]), FOV_Y_DEG)
+    ctx.log(f"{len(cams)} views generated around the photo (elevation {cfg.elevation} deg) "
+            f"in passes of {cfg.views.passes}")
+
+
+def _trainer(ctx: StageContext, seed: int) -> ReconTrainer:
+    cfg: Config = ctx.config
+    images, cams = load_views(ctx.path)
+    weights = torch.ones(len(cams))
+    weights[0] = cfg.input_weight
+    return ReconTrainer(cfg.recon, images, cams, seed=seed, view_weights=weights)
+
+
+def fit(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    trainer = _trainer(ctx, ctx.stage_seed)
+    total = cfg.recon.steps
+    for step in ctx.steps(total, every=cfg.fit.checkpoint_every, state=trainer.state_dict,
+                          restore=trainer.load_state_dict):
+        stats = trainer.step()
+        if (step + 1) % cfg.fit.log_every == 0 or step + 1 == total:
+            ctx.event(step + 1, total, loss=stats["loss"], train_psnr=stats["psnr"])
+    ctx.add_artifact(ctx.run.checkpoint_path("fit"), "checkpoint")
+    ctx.shared["model"] = (trainer.field, trainer.renderer)
+
+
+def _fitted(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
+    trainer = _trainer(ctx, 0)
+    trainer.load_state_dict(ctx.read_checkpoint("fit").state)
+    return trainer.field, trainer.renderer
+
+
+def export(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    if "model" not in ctx.shared:
+        ctx.shared["model"] = _fitted(ctx)
+    field, renderer = ctx.shared["model"]
+    export_field(ctx, field, cfg.export)
+    save_renders(ctx, field, renderer, eval_cameras(cfg.render_size))
+
+
+# --- estimates -------------------------------------------------------------------------------
+
+def _estimate_views(job: Job) -> float:
+    cfg: Config = job.config
+    return text_to_3d.PRIOR_LOAD_SECONDS + sum(cfg.views.passes) * cfg.views.steps * text_to_3d.SECONDS_PER_VIEW_STEP
+
+
+def _estimate_fit(job: Job) -> float:
+    cfg: Config = job.config
+    return cfg.recon.steps * cfg.recon.batch_rays * text_to_3d.SECONDS_PER_FIT_RAY
+
+
+def slug(image: str) -> str:
+    """A folder-name tail from the image's file name."""
+    return re.sub(r"[^a-z0-9]+", "-", Path(image).stem.lower()).strip("-")[:40].rstrip("-") or "image"
+
+
+def build_job(config: Config, inputs: dict, seed: int) -> Job:
+    if config.method not in METHODS:
+        raise UserError(f"method must be one of {', '.join(METHODS)}, got '{config.method}'")
+    observed_view(config, inputs, CHECK_SIZE)  # bad files fail here, before a run folder exists
+    stages = [Stage("views", views, _estimate_views), Stage("fit", fit, _estimate_fit),
+              Stage("export", export, text_to_3d._estimate_export)]
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["image"]), stages=stages)
