@@ -13,7 +13,6 @@ from PIL import Image
 
 from gen3d.cli import main
 from gen3d.data.foreground import ForegroundConfig, key_background, prepare_image
-from gen3d.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_CONFIG = ROOT / "configs" / "ci" / "image-to-3d.yaml"
@@ -182,3 +181,18 @@ def test_short_image_to_3d_run_is_complete(tmp_path):
     roles = {a["role"] for a in manifest["artifacts"]}
     assert {"views", "checkpoint", "render"} <= roles
     assert len(list((out / "renders").glob("*.png"))) == 8
+
+
+@pytest.mark.skipif(not PRIOR_WEIGHTS.is_file(), reason="shapeworld-mv weights not shipped in this checkout")
+def test_short_sds_run_fits_the_photo_at_its_camera(tmp_path):
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[16:48, 16:48] = (40, 200, 60, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cube.png")
+    out = tmp_path / "run"
+    assert main(["image-to-3d", str(tmp_path / "cube.png"), "--method", "sds", "--config", str(CI_CONFIG),
+                 "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == ["distill", "export"] and manifest["status"] == "done"
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    reference = [e["reference_loss"] for e in events if "reference_loss" in e]
+    assert len(reference) == 6 and reference[-1] < reference[0]  # the photo's own loss goes down

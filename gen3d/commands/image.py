@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from gen3d.cli import app
 from gen3d.commands.generate import MethodOpt, PriorNameOpt
 from gen3d.commands.jobs import job_overrides, launch_job
-from gen3d.commands.options import ConfigOpt, DryRunOpt, ModelPathOpt, OutOpt, SeedOpt, SetOpt
+from gen3d.commands.options import (
+    ConfigOpt,
+    DryRunOpt,
+    ModelPathOpt,
+    OutOpt,
+    SeedOpt,
+    SetOpt,
+)
 from gen3d.config import load_config
 from gen3d.pipelines import pipeline_module
 
@@ -18,8 +25,8 @@ from gen3d.pipelines import pipeline_module
 @app.command("image-to-3d")
 def image_to_3d(
     image: Annotated[Path, typer.Argument(help="PNG or JPEG of one object (transparent or plain background).")],
-    mask: Annotated[Optional[Path], typer.Option("--mask", help="Foreground mask image (white or opaque = object).")] = None,
-    elevation: Annotated[Optional[float], typer.Option("--elevation", help="Camera elevation of the photo in degrees (default 15).")] = None,
+    mask: Annotated[Path | None, typer.Option("--mask", help="Foreground mask image (white or opaque = object).")] = None,
+    elevation: Annotated[float | None, typer.Option("--elevation", help="Camera elevation of the photo in degrees (default 15).")] = None,
     method: MethodOpt = None,
     prior: PriorNameOpt = None,
     model_path: ModelPathOpt = None,

@@ -17,11 +17,14 @@ AutoencoderKL's own encoder weights are unused.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # diffusers takes seconds to import: only the functions that build models load it
+    from diffusers import AutoencoderKL
 
 
 @dataclass
@@ -36,6 +39,8 @@ class AEConfig:
 
 
 def build_autoencoder(cfg: AEConfig) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
     n = len(cfg.block_out_channels)
     ae = AutoencoderKL(
         in_channels=4, out_channels=4, latent_channels=cfg.latent_channels,

@@ -20,6 +20,7 @@ PIPELINES = {
     "image-to-3d": "gen3d.pipelines.image_to_3d",
     "reconstruct-prior": "gen3d.pipelines.fewview",
     "selftest": "gen3d.server.selftest",
+    "train": "gen3d.commands.train",
 }
 
 

@@ -33,7 +33,11 @@ from gen3d.export.metrics import mask_iou
 from gen3d.models.prior import Observed, Prior
 from gen3d.pipelines import reconstruct
 from gen3d.pipelines.common import read_png, save_png
-from gen3d.pipelines.text_to_3d import PRIOR_LOAD_SECONDS, SECONDS_PER_VIEW_STEP, cached_prior
+from gen3d.pipelines.text_to_3d import (
+    PRIOR_LOAD_SECONDS,
+    SECONDS_PER_VIEW_STEP,
+    cached_prior,
+)
 from gen3d.recon import ReconTrainer
 from gen3d.recon.trainer import premultiply
 from gen3d.runs import Job, Stage, StageContext, atomic_output

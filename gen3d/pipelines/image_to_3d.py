@@ -6,6 +6,10 @@ views around the object conditioned on it (later passes also on earlier outputs)
 fits a field to the photo plus the generated views (the photo weighted higher), with alpha as a
 mask loss. Stages: views -> fit -> export, with text-to-3D's run folder, resume and artifacts.
 
+sds (Zero-1-to-3 / Magic123 style): text-to-3D's distiller with the prior conditioned on the photo
+at every step, alternating with a reference step that fits the field's render at the photo's
+camera to the photo (RGB and mask). Stages: distill -> export.
+
 `views/000.png` is always the user's view; generated views follow.
 """
 
@@ -41,14 +45,22 @@ from gen3d.runs import Job, Stage, StageContext
 from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS, eval_cameras
 
 KIND = "image-to-3d"
-Method = Literal["nv-recon"]
-METHODS = ("nv-recon",)
+Method = Literal["nv-recon", "sds"]
+METHODS = ("nv-recon", "sds")
 CHECK_SIZE = 16  # resolution of the up-front input check (the run prepares the photo again at the prior's)
 
 
 def _views() -> text_to_3d.ViewsConfig:
     """Two passes of 4: the second, rotated 45 degrees, sees the photo and first-pass views."""
     return text_to_3d.ViewsConfig(passes=[4, 4], elevations=[15.0, 30.0], steps=20)
+
+
+@dataclass
+class ReferenceLossConfig:
+    """sds: weights of the photo's own losses in the reference step."""
+
+    rgb: float = 1.0
+    mask: float = 1.0
 
 
 @dataclass
@@ -60,9 +72,11 @@ class Config:
     input_weight: float = 3.0  # the photo's loss weight relative to one generated view
     foreground: ForegroundConfig = dataclasses.field(default_factory=ForegroundConfig)
     render_size: int = 64  # pixels of the renders at the evaluation orbit
+    reference: ReferenceLossConfig = dataclasses.field(default_factory=ReferenceLossConfig)
     views: text_to_3d.ViewsConfig = dataclasses.field(default_factory=_views)
     recon: ReconConfig = dataclasses.field(default_factory=text_to_3d._fit_recon)
     fit: text_to_3d.FitConfig = dataclasses.field(default_factory=text_to_3d.FitConfig)
+    distill: text_to_3d.DistillConfig = dataclasses.field(default_factory=text_to_3d.DistillConfig)
     export: ExportConfig = dataclasses.field(default_factory=text_to_3d._export)
 
 
@@ -123,10 +137,66 @@ def _fitted(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
 def export(ctx: StageContext) -> None:
     cfg: Config = ctx.config
     if "model" not in ctx.shared:
-        ctx.shared["model"] = _fitted(ctx)
+        ctx.shared["model"] = _fitted(ctx) if cfg.method == "nv-recon" else text_to_3d._distilled(ctx)
     field, renderer = ctx.shared["model"]
     export_field(ctx, field, cfg.export)
     save_renders(ctx, field, renderer, eval_cameras(cfg.render_size))
+
+
+# --- sds --------------------------------------------------------------------------------------
+
+class ObservedPrior:
+    """A prior whose every conditioning includes the photo, so score distillation sees it."""
+
+    def __init__(self, prior, observed: Observed):
+        self._prior, self._observed = prior, observed
+
+    def __getattr__(self, name):
+        return getattr(self._prior, name)
+
+    def condition(self, prompt, cameras, observed=None):
+        return self._prior.condition(prompt, cameras, self._observed)
+
+
+class ReferenceStep:
+    """One optimiser step of the distiller's field towards the photo at its camera (premultiplied
+    RGB over black and coverage), at the distiller's render size."""
+
+    def __init__(self, distiller: text_to_3d.Distiller, observed: Observed, weights: ReferenceLossConfig):
+        size = distiller.cfg.distill.render_size
+        self.distiller, self.weights = distiller, weights
+        self.rays = text_to_3d._rays(observed.cameras.resized(size, size))
+        small = torch.nn.functional.interpolate(observed.images, size=(size, size), mode="area")[0]
+        alpha = small[3:].permute(1, 2, 0).reshape(-1, 1)
+        self.premult, self.alpha = small[:3].permute(1, 2, 0).reshape(-1, 3) * alpha, alpha[:, 0]
+
+    def __call__(self) -> float:
+        d = self.distiller
+        out = d.renderer.render_rays(d.field, *self.rays, torch.zeros(3), generator=d.generator)
+        loss = (self.weights.rgb * (out["rgb"] - self.premult).square().mean()
+                + self.weights.mask * (out["opacity"] - self.alpha).square().mean())
+        d.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        d.optimizer.step()
+        return float(loss.detach())
+
+
+def distill(ctx: StageContext) -> None:
+    cfg: Config = ctx.config
+    prior = text_to_3d.cached_prior(cfg.prior, cfg.model_path)
+    observed = observed_view(cfg, ctx.inputs, prior.image_size)
+    distiller = text_to_3d.Distiller(cfg, ObservedPrior(prior, observed), "", ctx.generator)
+    reference = ReferenceStep(distiller, observed, cfg.reference)
+    total = cfg.distill.steps
+    for step in ctx.steps(total, every=cfg.distill.checkpoint_every, state=distiller.state_dict,
+                          restore=distiller.load_state_dict):
+        loss = distiller.step()
+        ref_loss = reference()
+        if (step + 1) % cfg.distill.log_every == 0 or step + 1 == total:
+            ctx.event(step + 1, total, loss=loss, reference_loss=ref_loss)
+    distiller.finish()
+    ctx.add_artifact(ctx.run.checkpoint_path("distill"), "checkpoint")
+    ctx.shared["model"] = (distiller.field, distiller.renderer)
 
 
 # --- estimates -------------------------------------------------------------------------------
@@ -150,6 +220,9 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
     if config.method not in METHODS:
         raise UserError(f"method must be one of {', '.join(METHODS)}, got '{config.method}'")
     observed_view(config, inputs, CHECK_SIZE)  # bad files fail here, before a run folder exists
-    stages = [Stage("views", views, _estimate_views), Stage("fit", fit, _estimate_fit),
-              Stage("export", export, text_to_3d._estimate_export)]
+    if config.method == "nv-recon":
+        stages = [Stage("views", views, _estimate_views), Stage("fit", fit, _estimate_fit)]
+    else:
+        stages = [Stage("distill", distill, text_to_3d._estimate_distill)]
+    stages.append(Stage("export", export, text_to_3d._estimate_export))
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["image"]), stages=stages)

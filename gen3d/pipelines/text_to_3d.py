@@ -49,14 +49,16 @@ KIND = "text-to-3d"
 Method = Literal["mv-recon", "sds", "vsd"]
 METHODS = ("mv-recon", "sds", "vsd")
 
-# CPU costs on 2 cores behind the stage estimates (bundled prior, default configs); re-measure when
-# the prior or the engine changes.
-PRIOR_LOAD_SECONDS = 4.0
-SECONDS_PER_VIEW_STEP = 0.09  # one sampler step for one generated view (CFG: two network rows)
-SECONDS_PER_FIT_RAY = 2.5e-4
-SECONDS_PER_RENDER_PIXEL = 1.5e-4
-SECONDS_PER_DISTILL_PIXEL = 2.0e-4  # one rendered pixel per distillation step (render + backward)
-SECONDS_PER_DISTILL_VIEW = 0.03  # one view through encode + guided denoiser per step
+# CPU costs behind the stage estimates, measured with the default config on the 2-core dev machine
+# while other jobs shared it (one torch thread: faster there than two); re-measure when the prior
+# or the engine changes.
+PRIOR_LOAD_SECONDS = 3.0
+SECONDS_PER_VIEW_STEP = 0.03  # one sampler step for one generated view (CFG: two network rows)
+SECONDS_PER_FIT_RAY = 2.9e-4
+SECONDS_PER_RENDER_PIXEL = 2.2e-4  # evaluation-orbit renders of the field
+MESH_CLEAN_SECONDS = 4.0  # cleaning and decimating the marching-cubes mesh to export.target_faces
+SECONDS_PER_DISTILL_PIXEL = 8.2e-5  # one rendered pixel per distillation step (render + backward)
+SECONDS_PER_DISTILL_VIEW = 0.0375  # one view through encode + guided denoiser per step
 VSD_LORA_FACTOR = 1.0  # VSD's LoRA update per step, relative to the guided prior call
 
 
@@ -78,7 +80,8 @@ class FitConfig:
 class DistillConfig:
     steps: int = 1500
     lr: float = 1e-2
-    render_size: int = 32  # rendered pixels per side, upsampled to the prior's image size
+    render_size: int = 24  # rendered pixels per side, upsampled to the prior's image size
+    step_size: float = 0.06  # ray-marching step while distilling (recon.render.step_size is the fit's)
     coarse_steps: int = 300  # only the coarse hash levels are active before this step
     coarse_levels: int = 4
     guidance: float = 30.0  # SDS needs a large scale; VSD uses vsd_guidance
@@ -100,7 +103,7 @@ class DistillConfig:
 
 def _fit_recon() -> ReconConfig:
     """The engine for generated views: white background, view-independent colour, mask loss on alpha."""
-    recon = ReconConfig(steps=400, batch_rays=2048, mask_loss_weight=1.0)
+    recon = ReconConfig(steps=150, batch_rays=1024, mask_loss_weight=1.0)
     recon.field.view_dependent = False
     recon.field.encoding.kind = "hash"
     recon.field.encoding.hash.levels = 8
@@ -108,15 +111,16 @@ def _fit_recon() -> ReconConfig:
     recon.field.encoding.hash.max_resolution = 128
     recon.render.aabb = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
     recon.render.near, recon.render.far = 1.0, 4.0
-    recon.render.step_size = 0.03
+    recon.render.step_size = 0.04
     recon.render.background = "random"
     recon.render.occupancy.resolution = 32
+    recon.render.occupancy.warmup_steps = 32
     recon.optim.lr = 0.02
     return recon
 
 
 def _export() -> ExportConfig:
-    return ExportConfig(resolution=96, threshold=5.0, target_faces=20_000, pointcloud_points=5_000,
+    return ExportConfig(resolution=64, threshold=5.0, target_faces=20_000, pointcloud_points=5_000,
                         turntable_frames=24, turntable_size=128, video=True, gif=True)
 
 
@@ -210,6 +214,10 @@ class DistillField(NerfField):
         return TruncExp.apply(h[:, 0] + self.cfg.density_bias + self.bias + blob), h[:, 1:]
 
 
+def _distill_renderer(cfg: Config) -> VolumeRenderer:
+    return VolumeRenderer(dataclasses.replace(cfg.recon.render, step_size=cfg.distill.step_size))
+
+
 class Distiller:
     """The field, renderer, optimiser (and VSD's LoRA copy) of one distillation run; every random
     draw comes from `generator`, so `state_dict()` (plus the runner's RNG states) resumes exactly."""
@@ -218,7 +226,7 @@ class Distiller:
         d = cfg.distill
         self.cfg, self.prior, self.prompt, self.generator = cfg, prior, prompt, generator
         self.field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), d, generator)
-        self.renderer = VolumeRenderer(cfg.recon.render)
+        self.renderer = _distill_renderer(cfg)
         self.model = nn.ModuleDict({"field": self.field, "renderer": self.renderer})
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=d.lr, betas=(0.9, 0.99), eps=1e-15)
         self.vsd = None
@@ -335,7 +343,7 @@ def distill(ctx: StageContext) -> None:
 def _distilled(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
     cfg: Config = ctx.config
     field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), cfg.distill)
-    renderer = VolumeRenderer(cfg.recon.render)
+    renderer = _distill_renderer(cfg)
     nn.ModuleDict({"field": field, "renderer": renderer}).load_state_dict(ctx.read_checkpoint("distill").state["model"])
     return field, renderer
 
@@ -375,7 +383,8 @@ def _estimate_distill(job: Job) -> float:
 
 def _estimate_export(job: Job) -> float:
     cfg: Config = job.config
-    return estimate_export_seconds(cfg.export) + 8 * cfg.render_size**2 * SECONDS_PER_RENDER_PIXEL
+    return (estimate_export_seconds(cfg.export) + MESH_CLEAN_SECONDS
+            + 8 * cfg.render_size**2 * SECONDS_PER_RENDER_PIXEL)
 
 
 def slug(prompt: str) -> str:
