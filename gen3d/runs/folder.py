@@ -1,0 +1,267 @@
+"""Run folders: `manifest.json`, `events.jsonl`, `log.txt`, artifacts (docs/run-folders.md).
+
+The manifest is a plain JSON document because other processes (the web viewer, `gen3d runs`)
+read it; every rewrite is atomic so a reader never sees half a file, even after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import gen3d
+from gen3d.bench.report import environment
+from gen3d.errors import UserError
+
+SCHEMA_VERSION = 1
+STATUSES = ("queued", "running", "done", "failed", "interrupted")
+STAGE_STATUSES = ("pending", "running", "done", "failed", "interrupted")
+ARTIFACT_ROLES = ("views", "checkpoint", "mesh", "pointcloud", "turntable", "render", "curve")
+MANIFEST = "manifest.json"
+EVENTS = "events.jsonl"
+LOG = "log.txt"
+CKPT_DIR = "ckpt"
+
+
+def now_iso() -> str:
+    """UTC wall-clock time in ISO 8601, the manifest's time format."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets you open a directory
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
+
+    The temporary name keeps the suffix so writers that pick a format by extension still work;
+    on any error the temporary file is removed, so no half-written file is ever left behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def runs_root() -> Path:
+    """Where new runs go: `$GEN3D_RUNS`, else `./runs`."""
+    return Path(os.environ.get("GEN3D_RUNS") or "runs")
+
+
+def slugify(text: str, max_len: int = 32) -> str:
+    """A short, file-name-safe version of a prompt or a path for run folder names."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "run"
+
+
+def new_run_dir(kind: str, slug: str, root: Path | None = None) -> Path:
+    """Create and return `root/<YYYYmmdd-HHMMSS>-<kind>-<slug>`, suffixing -2, -3... on a clash."""
+    root = runs_root() if root is None else Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{slugify(slug)}"
+    for n in range(1, 1000):
+        path = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"{root}: too many runs named {base}-*")
+
+
+def jsonable(value: Any) -> Any:
+    """JSON/YAML-safe copy: tuples become lists, paths strings, numpy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def new_manifest(run_id: str, kind: str, inputs: dict, seed: int, config: dict,
+                 stages: dict[str, float]) -> dict:
+    """A fresh manifest (status `queued`); `stages` maps stage name -> estimated seconds."""
+    env = environment()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "id": run_id,
+        "kind": kind,
+        "status": "queued",
+        "created": now_iso(),
+        "updated": now_iso(),
+        "inputs": jsonable(inputs),
+        "seed": seed,
+        "config": jsonable(config),
+        "gen3d_version": gen3d.__version__,
+        "git_rev": env["git_rev"],
+        "torch_version": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+        "device": env["device"],
+        "stages": [{"name": name, "status": "pending", "started": None, "seconds": 0.0,
+                    "estimated_seconds": round(float(est), 3)} for name, est in stages.items()],
+        "artifacts": [],
+        "metrics": {},
+        "error": None,
+    }
+
+
+def read_manifest(run_dir: Path) -> dict:
+    """The manifest of `run_dir`, or a UserError naming the file when it is missing or broken."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path}: not found (is {run_dir} a run folder?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path}: unsupported manifest (schema_version must be {SCHEMA_VERSION})")
+    return manifest
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """Every complete event line (a line still being written by a live run is skipped)."""
+    path = Path(run_dir) / EVENTS
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            events.append(json.loads(line))
+    return events
+
+
+class RunFolder:
+    """One run folder: owns its manifest (kept in memory, flushed atomically), events and log."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.listeners: list[Callable[[dict], None]] = []
+
+    @classmethod
+    def create(cls, path: Path, manifest: dict) -> RunFolder:
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise UserError(f"{path} is already a run folder; use `gen3d resume {path}`")
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path, manifest)
+        run.write_manifest()
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunFolder:
+        return cls(Path(path), read_manifest(path))
+
+    @property
+    def status(self) -> str:
+        return self.manifest["status"]
+
+    def write_manifest(self) -> None:
+        self.manifest["updated"] = now_iso()
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+
+    def set_status(self, status: str, error: str | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        self.manifest["status"] = status
+        self.manifest["error"] = error
+        self.write_manifest()
+
+    def stage_record(self, name: str) -> dict:
+        for record in self.manifest["stages"]:
+            if record["name"] == name:
+                return record
+        raise KeyError(name)
+
+    def event(self, stage: str, step: int | None = None, total: int | None = None, **fields: Any) -> dict:
+        """Append one line to events.jsonl (flushed at once, so live readers see it) and notify listeners."""
+        record = {"time": round(time.time(), 3), "stage": stage, "step": step, "total": total}
+        record.update({k: v for k, v in fields.items() if v is not None})
+        with open(self.path / EVENTS, "a") as handle:
+            handle.write(json.dumps(jsonable(record)) + "\n")
+        for listener in self.listeners:
+            listener(record)
+        return record
+
+    def log(self, message: str) -> None:
+        with open(self.path / LOG, "a") as handle:
+            handle.write(f"{now_iso()} {message}\n")
+
+    def add_artifact(self, path: Path, role: str, stage: str | None, **meta: Any) -> dict:
+        """Record a written file (relative path, size, sha256); re-adding a path replaces its entry.
+
+        `meta` carries extra fields such as `up: "z"` for meshes or `time` for 4D frames.
+        """
+        if role not in ARTIFACT_ROLES:
+            raise ValueError(f"unknown artifact role {role!r}; use one of {ARTIFACT_ROLES}")
+        full = Path(path) if Path(path).is_absolute() else self.path / path
+        rel = full.resolve().relative_to(self.path.resolve()).as_posix()
+        entry = {"path": rel, "role": role, "stage": stage, "bytes": full.stat().st_size,
+                 "sha256": sha256_file(full), **jsonable(meta)}
+        artifacts = self.manifest["artifacts"]
+        for i, old in enumerate(artifacts):
+            if old["path"] == rel:
+                artifacts[i] = entry
+                break
+        else:
+            artifacts.append(entry)
+        return entry
+
+    def artifacts(self, role: str | None = None) -> list[dict]:
+        return [a for a in self.manifest["artifacts"] if role is None or a["role"] == role]
+
+    def set_metrics(self, **metrics: Any) -> None:
+        self.manifest["metrics"].update(jsonable(metrics))
+
+    def checkpoint_path(self, stage: str) -> Path:
+        return self.path / CKPT_DIR / f"{stage}.pt"
