@@ -22,6 +22,7 @@ from PIL import Image
 
 from gen3d.export.metrics import chamfer_distance, mask_iou
 from gen3d.pipelines import text_to_3d
+from gen3d.render.mesh import render_mesh
 from gen3d.runs import read_manifest, run_job
 from gen3d.shapeworld import HELD_OUT
 from gen3d.shapeworld.captions import parse_caption
@@ -29,7 +30,6 @@ from gen3d.shapeworld.dataset import SHADING
 from gen3d.shapeworld.scenes import eval_cameras
 from gen3d.shapeworld.shapes import build_mesh
 from gen3d.shapeworld.spec import nearest_colour
-from gen3d.render.mesh import render_mesh
 
 SEED = 0
 QUICK_DISTILL_STEPS = 300
@@ -83,6 +83,7 @@ def run(quick: bool, out_dir: Path) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for method in text_to_3d.METHODS:
             cfg = text_to_3d.Config(method=method)
+            cfg.recon.threads = 0  # keep the process's thread count (OMP_NUM_THREADS), recorded in the report's env
             if quick:
                 cfg.distill.steps = QUICK_DISTILL_STEPS
                 cfg.distill.coarse_steps = QUICK_DISTILL_STEPS // 5

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from gen3d.cli import app
 from gen3d.commands.jobs import job_overrides, launch_job
-from gen3d.commands.options import ConfigOpt, DryRunOpt, ModelPathOpt, OutOpt, SeedOpt, SetOpt
+from gen3d.commands.options import (
+    ConfigOpt,
+    DryRunOpt,
+    ModelPathOpt,
+    OutOpt,
+    SeedOpt,
+    SetOpt,
+)
 from gen3d.config import load_config
 from gen3d.pipelines import pipeline_module
 
-MethodOpt = Annotated[Optional[str], typer.Option("--method", help="mv-recon (default), sds or vsd.")]
-PriorNameOpt = Annotated[Optional[str], typer.Option("--prior", help="Prior name (default: the bundled shapeworld-mv).")]
+MethodOpt = Annotated[str | None, typer.Option("--method", help="mv-recon (default), sds or vsd.")]
+PriorNameOpt = Annotated[str | None, typer.Option("--prior", help="Prior name (default: the bundled shapeworld-mv).")]
 
 
 @app.command("text-to-3d")

@@ -21,7 +21,13 @@ from gen3d.config import from_dict
 from gen3d.data import Scene, Split, load_scene
 from gen3d.errors import UserError
 from gen3d.export import write_mesh
-from gen3d.pipelines.common import ExportConfig, estimate_export_seconds, export_field, field_mesh, save_png
+from gen3d.pipelines.common import (
+    ExportConfig,
+    estimate_export_seconds,
+    export_field,
+    field_mesh,
+    save_png,
+)
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.runs import Job, RunFolder, Stage, StageContext, atomic_output
 from gen3d.runs.checkpoint import load_checkpoint

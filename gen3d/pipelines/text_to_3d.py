@@ -53,10 +53,10 @@ METHODS = ("mv-recon", "sds", "vsd")
 # while other jobs shared it (one torch thread: faster there than two); re-measure when the prior
 # or the engine changes.
 PRIOR_LOAD_SECONDS = 3.0
-SECONDS_PER_VIEW_STEP = 0.03  # one sampler step for one generated view (CFG: two network rows)
-SECONDS_PER_FIT_RAY = 2.9e-4
-SECONDS_PER_RENDER_PIXEL = 2.2e-4  # evaluation-orbit renders of the field
-MESH_CLEAN_SECONDS = 4.0  # cleaning and decimating the marching-cubes mesh to export.target_faces
+SECONDS_PER_VIEW_STEP = 0.025  # one sampler step for one generated view (CFG: two network rows)
+SECONDS_PER_FIT_RAY = 1.2e-4
+SECONDS_PER_RENDER_PIXEL = 1.2e-4  # evaluation-orbit renders of the field
+MESH_CLEAN_SECONDS = 2.0  # cleaning and decimating the marching-cubes mesh to export.target_faces
 SECONDS_PER_DISTILL_PIXEL = 8.2e-5  # one rendered pixel per distillation step (render + backward)
 SECONDS_PER_DISTILL_VIEW = 0.0375  # one view through encode + guided denoiser per step
 VSD_LORA_FACTOR = 1.0  # VSD's LoRA update per step, relative to the guided prior call
