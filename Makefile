@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/gen3d demo --out runs/demo-samplers.png
+	.venv/bin/gen3d text-to-3d "a large red snowman"
 
 test: setup
 	@bash scripts/install_browser.sh

@@ -37,7 +37,7 @@ def diffusers_scheduler(name: str):
 def diffusers_loop(name: str, net, steps: int, generator: torch.Generator) -> torch.Tensor:
     sched = diffusers_scheduler(name)
     sched.set_timesteps(steps)
-    x = torch.randn(N_SAMPLES, 2, generator=generator) * sched.init_noise_sigma
+    x = torch.randn(N_SAMPLES, 2, generator=generator) * getattr(sched, "init_noise_sigma", 1.0)
     with torch.no_grad():
         for t in sched.timesteps:
             inp = sched.scale_model_input(x, t)

@@ -184,7 +184,8 @@ class RunFolder:
     """One run folder: owns its manifest (kept in memory, flushed atomically), events and log."""
 
     def __init__(self, path: Path, manifest: dict):
-        self.path = Path(path)
+        # Absolute, so artifact paths built from it stay valid whatever the working directory.
+        self.path = Path(path).absolute()
         self.manifest = manifest
         self.listeners: list[Callable[[dict], None]] = []
 

@@ -78,6 +78,8 @@ def job_output_path(runs_dir: Path, job_id: int) -> Path:
 
 
 def pid_alive(pid: int | None) -> bool:
+    """Whether a worker process still runs; a zombie (killed, not yet reaped, e.g. orphaned in a
+    container whose init never reaps) counts as dead."""
     if not pid:
         return False
     try:
@@ -86,7 +88,11 @@ def pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 class JobQueue:
