@@ -26,7 +26,7 @@ from gen3d.export import (
     write_textured_glb,
     write_video,
 )
-from gen3d.export.writers import atomic_path
+from gen3d.runs.folder import atomic_output
 
 BOX = [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
 RADIUS = 0.6
@@ -202,7 +202,7 @@ def test_pointcloud_round_trip(tmp_path):
 def test_writes_are_atomic_and_formats_checked(tmp_path):
     target = tmp_path / "mesh.glb"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
         tmp.write_bytes(b"half")
         raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["mesh.glb"]

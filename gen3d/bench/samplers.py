@@ -40,7 +40,7 @@ def diffusers_loop(name: str, net, steps: int, generator: torch.Generator) -> to
     x = torch.randn(N_SAMPLES, 2, generator=generator) * getattr(sched, "init_noise_sigma", 1.0)
     with torch.no_grad():
         for t in sched.timesteps:
-            inp = sched.scale_model_input(x, t)
+            inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
             out = net(inp, t.float().expand(N_SAMPLES))
             kwargs = {"generator": generator} if name in ("ddpm", "euler_a") else {}
             x = sched.step(out, t, x, **kwargs).prev_sample

@@ -15,8 +15,8 @@ import numpy as np
 import trimesh
 
 from gen3d.cameras import turntable
-from gen3d.export.writers import atomic_path
 from gen3d.render.mesh import ShadingConfig, render_mesh
+from gen3d.runs.folder import atomic_output
 
 # Fraction of the frame height left around the object's bounding sphere when the radius is automatic.
 _FRAME_MARGIN = 1.15
@@ -59,7 +59,7 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
 def write_video(frames: np.ndarray, path: Path, fps: int = 24, quality: int = 8) -> Path:
     """H.264 MP4 (libx264, yuv420p) of (N, H, W, 3) uint8 frames; quality 0-10 (imageio's scale)."""
     frames = _even(_check_frames(frames))
-    with atomic_path(path) as tmp, imageio_v2.get_writer(
+    with atomic_output(path) as tmp, imageio_v2.get_writer(
             tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=quality, pixelformat="yuv420p",
             macro_block_size=1) as writer:
         for frame in frames:
@@ -70,6 +70,6 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 24, quality: int = 8)
 def write_gif(frames: np.ndarray, path: Path, fps: int = 12) -> Path:
     """Looping GIF of (N, H, W, 3) uint8 frames."""
     frames = _check_frames(frames)
-    with atomic_path(path) as tmp:
+    with atomic_output(path) as tmp:
         iio.imwrite(tmp, frames, extension=".gif", duration=round(1000 / fps), loop=0)
     return Path(path)

@@ -2,15 +2,11 @@
 
 Axes (docs/CONVENTIONS.md): the world is z up. GLB is rotated into glTF's +y up so viewers show
 objects upright; PLY and OBJ keep the world's z up unchanged. Every writer goes through
-`atomic_path`, so an interrupted export never leaves a truncated file under the final name.
+`atomic_output`, so an interrupted export never leaves a truncated file under the final name.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,32 +16,14 @@ from scipy import ndimage
 
 from gen3d.errors import UserError
 from gen3d.render.mesh import RayCaster, RayHits, average_subsamples, surface_colors
+from gen3d.runs.folder import atomic_output
 
 # Rotation by -90 degrees about x: world +z (up) -> glTF +y (up), world +y -> glTF -z.
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix, for tools that read it); on success
-    fsync it and rename it over `path`, on failure delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _export(mesh: trimesh.Trimesh, path: Path, file_type: str, **kwargs) -> Path:
-    with atomic_path(path) as tmp:
+    with atomic_output(path) as tmp:
         mesh.export(tmp, file_type=file_type, **kwargs)
     return Path(path)
 
@@ -119,7 +97,7 @@ def write_pointcloud_ply(points, colors, path: Path) -> Path:
         raise ValueError(f"colors {colors.shape} must match points {points.shape}")
     if colors.dtype != np.uint8:
         colors = np.round(np.clip(colors, 0.0, 1.0) * 255).astype(np.uint8)
-    with atomic_path(path) as tmp:
+    with atomic_output(path) as tmp:
         trimesh.PointCloud(points, colors=colors).export(tmp, file_type="ply", encoding="binary")
     return Path(path)
 
