@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ from gen3d.export import (
 )
 from gen3d.fields.nerf import NerfField
 from gen3d.models.prior import Observed, Prior
+from gen3d.recon import ReconTrainer
 from gen3d.render.volume import VolumeRenderer
 from gen3d.runs import StageContext, atomic_output
 
@@ -211,3 +213,28 @@ def export_field(ctx: StageContext, field: NerfField, cfg: ExportConfig) -> trim
         ctx.add_artifact(write_gif(frames, ctx.path / "turntable.gif"), "turntable")
     ctx.set_metrics(mesh_faces=len(mesh.faces), mesh_watertight=bool(mesh.is_watertight))
     return mesh
+
+
+TrainerFactory = Callable[[StageContext, int], ReconTrainer]
+
+
+def fit_views(ctx: StageContext, make_trainer: TrainerFactory) -> None:
+    """The fit stage of generate-then-reconstruct jobs: train on the saved views, checkpointed
+    and resumable; `make_trainer(ctx, seed)` builds the job's trainer (its views and weights)."""
+    cfg = ctx.config
+    trainer = make_trainer(ctx, ctx.stage_seed)
+    total = cfg.recon.steps
+    for step in ctx.steps(total, every=cfg.fit.checkpoint_every, state=trainer.state_dict,
+                          restore=trainer.load_state_dict):
+        stats = trainer.step()
+        if (step + 1) % cfg.fit.log_every == 0 or step + 1 == total:
+            ctx.event(step + 1, total, loss=stats["loss"], train_psnr=stats["psnr"])
+    ctx.add_artifact(ctx.run.checkpoint_path("fit"), "checkpoint")
+    ctx.shared["model"] = (trainer.field, trainer.renderer)
+
+
+def fitted_model(ctx: StageContext, make_trainer: TrainerFactory) -> tuple[NerfField, VolumeRenderer]:
+    """The fit stage's field and renderer, re-loaded from its checkpoint (for a resumed export)."""
+    trainer = make_trainer(ctx, 0)
+    trainer.load_state_dict(ctx.read_checkpoint("fit").state)
+    return trainer.field, trainer.renderer

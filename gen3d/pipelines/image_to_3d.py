@@ -32,6 +32,8 @@ from gen3d.pipelines import text_to_3d
 from gen3d.pipelines.common import (
     ExportConfig,
     export_field,
+    fit_views,
+    fitted_model,
     generate_views,
     load_views,
     pass_cameras,
@@ -116,22 +118,11 @@ def _trainer(ctx: StageContext, seed: int) -> ReconTrainer:
 
 
 def fit(ctx: StageContext) -> None:
-    cfg: Config = ctx.config
-    trainer = _trainer(ctx, ctx.stage_seed)
-    total = cfg.recon.steps
-    for step in ctx.steps(total, every=cfg.fit.checkpoint_every, state=trainer.state_dict,
-                          restore=trainer.load_state_dict):
-        stats = trainer.step()
-        if (step + 1) % cfg.fit.log_every == 0 or step + 1 == total:
-            ctx.event(step + 1, total, loss=stats["loss"], train_psnr=stats["psnr"])
-    ctx.add_artifact(ctx.run.checkpoint_path("fit"), "checkpoint")
-    ctx.shared["model"] = (trainer.field, trainer.renderer)
+    fit_views(ctx, _trainer)
 
 
 def _fitted(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
-    trainer = _trainer(ctx, 0)
-    trainer.load_state_dict(ctx.read_checkpoint("fit").state)
-    return trainer.field, trainer.renderer
+    return fitted_model(ctx, _trainer)
 
 
 def export(ctx: StageContext) -> None:

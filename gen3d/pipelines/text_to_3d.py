@@ -34,6 +34,8 @@ from gen3d.pipelines.common import (
     ExportConfig,
     estimate_export_seconds,
     export_field,
+    fit_views,
+    fitted_model,
     generate_views,
     load_views,
     pass_cameras,
@@ -172,22 +174,11 @@ def _fit_trainer(ctx: StageContext, seed: int) -> ReconTrainer:
 
 
 def fit(ctx: StageContext) -> None:
-    cfg: Config = ctx.config
-    trainer = _fit_trainer(ctx, ctx.stage_seed)
-    total = cfg.recon.steps
-    for step in ctx.steps(total, every=cfg.fit.checkpoint_every, state=trainer.state_dict,
-                          restore=trainer.load_state_dict):
-        stats = trainer.step()
-        if (step + 1) % cfg.fit.log_every == 0 or step + 1 == total:
-            ctx.event(step + 1, total, loss=stats["loss"], train_psnr=stats["psnr"])
-    ctx.add_artifact(ctx.run.checkpoint_path("fit"), "checkpoint")
-    ctx.shared["model"] = (trainer.field, trainer.renderer)
+    fit_views(ctx, _fit_trainer)
 
 
 def _fitted(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
-    trainer = _fit_trainer(ctx, 0)
-    trainer.load_state_dict(ctx.read_checkpoint("fit").state)
-    return trainer.field, trainer.renderer
+    return fitted_model(ctx, _fit_trainer)
 
 
 # --- sds / vsd -----------------------------------------------------------------------------------
