@@ -223,14 +223,20 @@ def fit_views(ctx: StageContext, make_trainer: TrainerFactory) -> None:
     and resumable; `make_trainer(ctx, seed)` builds the job's trainer (its views and weights)."""
     cfg = ctx.config
     trainer = make_trainer(ctx, ctx.stage_seed)
-    total = cfg.recon.steps
-    for step in ctx.steps(total, every=cfg.fit.checkpoint_every, state=trainer.state_dict,
+    train_checkpointed(ctx, trainer, cfg.recon.steps, cfg.fit.checkpoint_every, cfg.fit.log_every)
+    ctx.shared["model"] = (trainer.field, trainer.renderer)
+
+
+def train_checkpointed(ctx: StageContext, trainer: ReconTrainer, total: int, checkpoint_every: int,
+                       log_every: int) -> None:
+    """Run `total` trainer steps as the stage's resumable loop, logging loss and training PSNR, and
+    record the stage's final checkpoint as an artifact."""
+    for step in ctx.steps(total, every=checkpoint_every, state=trainer.state_dict,
                           restore=trainer.load_state_dict):
         stats = trainer.step()
-        if (step + 1) % cfg.fit.log_every == 0 or step + 1 == total:
+        if (step + 1) % log_every == 0 or step + 1 == total:
             ctx.event(step + 1, total, loss=stats["loss"], train_psnr=stats["psnr"])
-    ctx.add_artifact(ctx.run.checkpoint_path("fit"), "checkpoint")
-    ctx.shared["model"] = (trainer.field, trainer.renderer)
+    ctx.add_artifact(ctx.run.checkpoint_path(ctx.stage), "checkpoint")
 
 
 def fitted_model(ctx: StageContext, make_trainer: TrainerFactory) -> tuple[NerfField, VolumeRenderer]:

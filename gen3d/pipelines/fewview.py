@@ -32,7 +32,7 @@ from gen3d.data.images import resize
 from gen3d.export.metrics import mask_iou
 from gen3d.models.prior import Observed, Prior
 from gen3d.pipelines import reconstruct
-from gen3d.pipelines.common import read_png, save_png
+from gen3d.pipelines.common import read_png, save_png, train_checkpointed
 from gen3d.pipelines.text_to_3d import (
     PRIOR_LOAD_SECONDS,
     SECONDS_PER_VIEW_STEP,
@@ -184,13 +184,7 @@ def train(ctx: StageContext) -> None:
     images, cams, weights, alpha = training_set(ctx)
     trainer = ReconTrainer(reconstruct.recon_config(cfg, data.scene), images, cams, seed=ctx.stage_seed,
                            view_weights=weights, alpha=alpha)
-    total = cfg.recon.steps
-    for step in ctx.steps(total, every=cfg.train.checkpoint_every, state=trainer.state_dict,
-                          restore=trainer.load_state_dict):
-        stats = trainer.step()
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == total:
-            ctx.event(step + 1, total, loss=stats["loss"], train_psnr=stats["psnr"])
-    ctx.add_artifact(ctx.run.checkpoint_path("train"), "checkpoint")
+    train_checkpointed(ctx, trainer, cfg.recon.steps, cfg.train.checkpoint_every, cfg.train.log_every)
     ctx.shared["trainer"] = trainer
 
 
