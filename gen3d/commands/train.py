@@ -34,7 +34,8 @@ from gen3d.runs.job import Stage
 class DataConfig:
     cache_dir: str = "runs/data/shapeworld-train"  # shared by runs with the same parameters
     scenes: int = 6144
-    views_per_scene: int = 8
+    views_per_scene: int = 8  # cameras per scene
+    times_per_scene: int = 0  # > 0: animated ShapeWorld, every camera at this many clip times
     size: int = 64
     seed: int = 0
     ss: int = 2
@@ -63,6 +64,10 @@ class MultiviewTrainConfig:
     text_drop: float = 0.1
     observed_drop: float = 0.1  # a set with observed views trains without them (CFG's uncond)
     text_only: float = 0.4  # share of batches with no observed view at all
+    # 4D (animated caches): share of batches whose sets hold targets of one clip time and observed
+    # views of another, the layout text-to-4d samples with (the rest mix times freely)
+    per_time_sets: float = 0.6
+    init_from: str = ""  # a multi-view model folder to start from (e.g. the shipped prior's multiview/)
 
 
 @dataclass
@@ -80,7 +85,8 @@ def _cache_stage(ctx) -> None:
     from gen3d.shapeworld.dataset import build_cache
 
     d = ctx.config.data
-    build_cache(Path(d.cache_dir), d.scenes, d.views_per_scene, d.size, d.seed, "train", d.workers, ss=d.ss)
+    build_cache(Path(d.cache_dir), d.scenes, d.views_per_scene, d.size, d.seed, "train", d.workers, ss=d.ss,
+                times_per_scene=d.times_per_scene)
 
 
 def _cache_images(cfg: TrainConfig):
@@ -151,38 +157,56 @@ class LatentSets:
 
     Everything random about batch `step` (set size N in [min_views, max_views], observed count K,
     scenes, views, captions, condition drops) comes from a generator seeded by (seed, step), so
-    the data order survives a resume without any saved sampler state.
+    the data order survives a resume without any saved sampler state. With an animated cache
+    (`times` not None: views time-major, `cameras` per time) the sets carry clip times too.
     """
 
     def __init__(self, latents: np.ndarray, c2w: np.ndarray, captions: np.ndarray, fov_y_deg: float,
-                 text, cfg: MultiviewTrainConfig, seed: int):
+                 text, cfg: MultiviewTrainConfig, seed: int, times: np.ndarray | None = None, cameras: int = 0):
         self.latents, self.c2w, self.captions = latents, c2w, captions
         self.fov_y_deg, self.text, self.cfg, self.seed = fov_y_deg, text, cfg, seed
+        self.times, self.cameras = times, cameras
 
-    def shape_of(self, step: int) -> tuple[np.random.Generator, int, int, int]:
-        """(rng, N targets, K observed, global sets) of batch `step`."""
+    def shape_of(self, step: int) -> tuple[np.random.Generator, int, int, int, bool]:
+        """(rng, N targets, K observed, global sets, per-time layout) of batch `step`."""
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, step])
         n = int(rng.integers(cfg.min_views, cfg.max_views + 1))
-        room = min(cfg.max_observed, self.latents.shape[1] - n)
+        per_time = self.times is not None and rng.random() < cfg.per_time_sets
+        if per_time:
+            n = min(n, self.cameras)
+        room = min(cfg.max_observed, self.cameras if per_time else self.latents.shape[1] - n)
         k = 0 if room <= 0 or rng.random() < cfg.text_only else int(rng.integers(1, room + 1))
-        return rng, n, k, max(1, cfg.optim.batch // (n + k))
+        return rng, n, k, max(1, cfg.optim.batch // (n + k)), per_time
+
+    def _views(self, rng: np.random.Generator, sets: int, n: int, k: int, per_time: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(targets (sets, n), observed (sets, k)) view indices of each set's scene."""
+        if not per_time:
+            order = np.stack([rng.permutation(self.latents.shape[1]) for _ in range(sets)])
+            return order[:, :n], order[:, n:n + k]
+        clip_times = self.latents.shape[1] // self.cameras
+        target_time = rng.integers(clip_times, size=sets)
+        observed_time = (target_time + rng.integers(1, clip_times, size=sets)) % clip_times
+        cams = [rng.permutation(self.cameras) for _ in range(2 * sets)]
+        targets = target_time[:, None] * self.cameras + np.stack(cams[:sets])[:, :n]
+        observed = observed_time[:, None] * self.cameras + np.stack(cams[sets:])[:, :k]
+        return targets, observed
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, dict]:
         from gen3d.cameras import from_fov
         from gen3d.models.shapeworld_prior import make_cond, plucker_maps
         from gen3d.models.text import TextEmbedding
 
-        rng, n, k, sets = self.shape_of(step)
+        rng, n, k, sets, per_time = self.shape_of(step)
         sets = max(world, sets - sets % world)
         scenes = rng.choice(len(self.latents), size=sets, replace=False)
-        order = np.stack([rng.permutation(self.latents.shape[1]) for _ in scenes])
+        targets, observed = self._views(rng, sets, n, k, per_time)
         caption_pick = rng.integers(self.captions.shape[1], size=sets)
         drop_text = rng.random(sets) < self.cfg.text_drop
         drop_obs = rng.random(sets) < self.cfg.observed_drop
         mine = slice(rank * (sets // world), (rank + 1) * (sets // world))
-        scenes, order, caption_pick, drop_text, drop_obs = (a[mine] for a in (scenes, order, caption_pick, drop_text, drop_obs))
-        targets, observed = order[:, :n], order[:, n:n + k]
+        scenes, targets, observed, caption_pick, drop_text, drop_obs = (
+            a[mine] for a in (scenes, targets, observed, caption_pick, drop_text, drop_obs))
 
         def gather(array: np.ndarray, views: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(array[scenes[:, None], views].astype(np.float32))
@@ -197,8 +221,11 @@ class LatentSets:
         text = TextEmbedding(*(t.repeat_interleave(n, 0) for t in (emb.tokens, emb.mask, emb.pooled)))
         obs_pl = plucker_maps(cams(observed)).view(len(scenes), k, 6, *x0.shape[-2:]) if k else \
             torch.zeros(len(scenes), 0, 6, *x0.shape[-2:])
+        times = obs_times = None
+        if self.times is not None:
+            times, obs_times = gather(self.times, targets).flatten(), gather(self.times, observed)
         cond = make_cond(text, plucker_maps(cams(targets)), n, gather(self.latents, observed),
-                         obs_pl, torch.from_numpy(~drop_obs))
+                         obs_pl, torch.from_numpy(~drop_obs), times, obs_times)
         return x0, cond
 
 
@@ -253,11 +280,19 @@ def _multiview_stage(ctx) -> None:
     cfg: TrainConfig = ctx.config
     dataset = _cache_images(cfg)
     latents = np.load(ctx.path / "latents.npy")
+    animated = bool(dataset.params.get("times"))
+    if animated != cfg.multiview.model.clip_time:
+        raise UserError(f"multiview.model.clip_time must be {animated} for the cache {cfg.data.cache_dir} "
+                        f"({'animated' if animated else 'static'} scenes)")
     sets = LatentSets(latents, dataset.c2w, _used_captions(cfg), float(dataset.params["fov_y_deg"]),
-                      TextEncoder(cache_file=_text_cache(cfg)), cfg.multiview, ctx.seed)
+                      TextEncoder(cache_file=_text_cache(cfg)), cfg.multiview, ctx.seed,
+                      dataset.times if animated else None, int(dataset.params["views"]))
     rank, world = rank_and_world()
     schedule = noise_schedule()
-    trainer = Trainer(MultiViewDenoiser(cfg.multiview.model), cfg.multiview.optim)
+    model = MultiViewDenoiser(cfg.multiview.model)
+    if cfg.multiview.init_from:
+        _initialise_from(model, Path(cfg.multiview.init_from))
+    trainer = Trainer(model, cfg.multiview.optim)
 
     def loss_fn(net, step: int):
         x0, cond = sets.batch(step, rank, world)
@@ -271,6 +306,16 @@ def _multiview_stage(ctx) -> None:
         ctx.set_metrics(final_loss=round(float(np.mean(trainer.losses[-100:])), 5), steps=len(trainer.losses))
 
 
+def _initialise_from(model, folder: Path) -> None:
+    """Load a trained multi-view model's weights; only layers it lacks (clip time) keep their init."""
+    from gen3d.models.multiview import MultiViewDenoiser
+
+    source = MultiViewDenoiser.from_pretrained(folder)
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("clip_time_mlp.") for key in missing):
+        raise UserError(f"{folder}: its layers do not match multiview.model (missing {missing}, unexpected {unexpected})")
+
+
 def _prior_stage(ctx) -> None:
     from gen3d.models.multiview import MultiViewDenoiser
     from gen3d.models.shapeworld_prior import export_prior, load_autoencoder
@@ -278,9 +323,11 @@ def _prior_stage(ctx) -> None:
     cfg: TrainConfig = ctx.config
     shipped = cfg.multiview.autoencoder
     info = {"trained": {"config": ctx.inputs.get("config"), "seed": ctx.seed, "autoencoder": shipped,
+                        "init_from": cfg.multiview.init_from or None,
                         "steps": cfg.multiview.optim.steps, "scenes": cfg.data.scenes}}
+    name = "shapeworld-4d" if cfg.multiview.model.clip_time else "shapeworld-mv"
     manifest = export_prior(ctx.path / "prior", load_autoencoder(Path(shipped)),
-                            MultiViewDenoiser.from_pretrained(ctx.path / "multiview"), info)
+                            MultiViewDenoiser.from_pretrained(ctx.path / "multiview"), info, name)
     ctx.log(f"prior folder written: {len(manifest['files'])} files")
 
 

@@ -10,6 +10,12 @@ every token of every view in the set (which is what makes the views agree) and c
 to the caption's MiniLM tokens; the timestep embedding plus the pooled caption modulates
 every residual block (scale-shift). Only the target slots' outputs (v-prediction) are returned.
 
+A 4D model (`clip_time=True`, the `shapeworld-4d` prior) also gives every slot its own clip time
+t in [0, 1] (targets: `times`, observed: `obs_times`), embedded and added to that slot's
+modulation, so one set can hold views of the same object at different moments (CAT4D style).
+Its extra layers start at zero, so a 4D model initialised from a multi-view one computes exactly
+the multi-view model until fine-tuning teaches it motion.
+
 Inputs arrive as a flat stack of target views (the `Prior` convention) with per-view
 conditioning, so classifier-free guidance can batch branches along dim 0; `views` (an int,
 equal in both branches) says how many consecutive rows form one set.
@@ -44,6 +50,7 @@ class MVConfig:
     emb_dim: int = 256
     text_dim: int = 384
     groups: int = 16
+    clip_time: bool = False  # per-view clip time conditioning (4D)
 
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
@@ -139,6 +146,11 @@ class MultiViewDenoiser(nn.Module):
         self.conv_in = nn.Conv2d(2 * lat + 1 + 6, ch[0], 3, padding=1)
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], cfg.emb_dim), nn.SiLU(), nn.Linear(cfg.emb_dim, cfg.emb_dim))
         self.text_proj = nn.Linear(cfg.text_dim, cfg.emb_dim)
+        self.clip_time_mlp = None
+        if cfg.clip_time:
+            self.clip_time_mlp = nn.Sequential(nn.Linear(ch[0], cfg.emb_dim), nn.SiLU(), nn.Linear(cfg.emb_dim, cfg.emb_dim))
+            nn.init.zeros_(self.clip_time_mlp[-1].weight)
+            nn.init.zeros_(self.clip_time_mlp[-1].bias)
         attn = [i >= cfg.attention_from_level for i in range(len(ch))]
         self.down = nn.ModuleList(Level(ch[max(i - 1, 0)], ch[i], cfg, attn[i]) for i in range(len(ch)))
         self.downsample = nn.ModuleList(nn.Conv2d(ch[i], ch[i], 3, stride=2, padding=1) for i in range(len(ch) - 1))
@@ -150,10 +162,12 @@ class MultiViewDenoiser(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor, t: Tensor, *, views: int, plucker: Tensor, obs_latents: Tensor, obs_mask: Tensor,
-                obs_plucker: Tensor, text_tokens: Tensor, text_mask: Tensor, text_pooled: Tensor) -> Tensor:
+                obs_plucker: Tensor, text_tokens: Tensor, text_mask: Tensor, text_pooled: Tensor,
+                times: Tensor | None = None, obs_times: Tensor | None = None) -> Tensor:
         """x (S*N, 4, h, w) noisy targets of S sets of N = `views`; t (S*N,); plucker (S*N, 6, h, w);
         obs_latents (S*N, K, 4, h, w), obs_mask (S*N, K) (0 = dropped), obs_plucker (S*N, K, 6, h, w)
-        (rows of one set repeat the set's observed views); text_* per target view."""
+        (rows of one set repeat the set's observed views); text_* per target view; a 4D model
+        also takes clip times (S*N,) and obs_times (S*N, K)."""
         n_target = views
         sets = x.shape[0] // n_target
         k = obs_latents.shape[1]
@@ -167,6 +181,11 @@ class MultiViewDenoiser(nn.Module):
         h = torch.cat([target_in, obs_in], 1).flatten(0, 1)
         emb_set = self.time_mlp(timestep_embedding(t[first], self.cfg.channels[0])) + self.text_proj(text_pooled[first])
         emb = emb_set.repeat_interleave(slots, 0)
+        if self.clip_time_mlp is not None:
+            if times is None or obs_times is None:
+                raise ValueError("a clip-time (4D) model needs `times` and `obs_times`")
+            slot_times = torch.cat([times.view(sets, n_target), obs_times[first]], 1).flatten()
+            emb = emb + self.clip_time_mlp(timestep_embedding(slot_times * 1000.0, self.cfg.channels[0]))
         text = text_tokens[first].repeat_interleave(slots, 0)
         text_mask = text_mask[first].repeat_interleave(slots, 0)
         h = self.conv_in(h)

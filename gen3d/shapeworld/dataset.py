@@ -28,6 +28,7 @@ SUPERSAMPLING = 2  # antialiased training views; masks for geometry checks use s
 CAPTIONS_PER_SCENE = 4
 CACHE_VERSION = 1
 INDEX_NAME = "index.json"
+PARTIAL_NAME = "partial.json"  # parameters of the shards of an unfinished cache
 TEXT_CACHE_NAME = "text_embeddings.npz"
 
 
@@ -41,21 +42,36 @@ def to_uint8(rgba: torch.Tensor) -> np.ndarray:
     return np.round(rgba.numpy() * 255.0).astype(np.uint8)
 
 
+def _render_static(index: int, params: dict) -> tuple:
+    scene = sample_scene(params["seed"], index, params["views"], params["size"], params["split"],
+                         params["captions_per_scene"])
+    rgba = to_uint8(render_spec(scene.spec, scene.cameras, params["ss"]).rgba)
+    return rgba, scene.cameras.c2w.numpy(), np.zeros(len(rgba)), scene.captions, scene.spec.to_json()
+
+
+def _render_animated(index: int, params: dict) -> tuple:
+    """Views ordered time-major: view k is camera k % C at time k // C."""
+    from gen3d.shapeworld.animated import mesh_at, sample_animated_scene
+
+    scene = sample_animated_scene(params["seed"], index, params["views"], params["times"], params["size"],
+                                  params["split"], params["captions_per_scene"])
+    rgba = np.concatenate([to_uint8(render_mesh(mesh_at(scene.anim, float(t)), scene.cameras, shading=SHADING,
+                                                ss=params["ss"]).rgba) for t in scene.times])
+    c2w = np.tile(scene.cameras.c2w.numpy(), (len(scene.times), 1, 1))
+    times = np.repeat(scene.times, len(scene.cameras))
+    return rgba, c2w, times, scene.captions, scene.anim.to_json()
+
+
 def _render_shard(task: tuple) -> None:
     """Render scenes [start, stop) into one shard file (runs in a worker process)."""
     path, start, stop, params = task
-    rgba, c2w, captions, specs = [], [], [], []
-    for index in range(start, stop):
-        scene = sample_scene(params["seed"], index, params["views"], params["size"], params["split"],
-                             params["captions_per_scene"])
-        rgba.append(to_uint8(render_spec(scene.spec, scene.cameras, params["ss"]).rgba))
-        c2w.append(scene.cameras.c2w.numpy())
-        captions.append(scene.captions)
-        specs.append(scene.spec.to_json())
+    render = _render_animated if params.get("times") else _render_static
+    rgba, c2w, times, captions, specs = zip(*(render(index, params) for index in range(start, stop)))
     arrays = {
         "index": np.arange(start, stop, dtype=np.int64),
         "rgba": np.stack(rgba),
         "c2w": np.stack(c2w).astype(np.float32),
+        "times": np.stack(times).astype(np.float32),
         "captions": np.array(captions, dtype=str),
         "specs": np.array(specs, dtype=str),
     }
@@ -74,28 +90,39 @@ def _read_index(out_dir: Path) -> dict | None:
 
 
 def build_cache(out_dir: Path, n_scenes: int, views_per_scene: int = 8, size: int = 64, seed: int = 0,
-                split: str = "train", workers: int = 1, shard_size: int = 256,
-                captions_per_scene: int = CAPTIONS_PER_SCENE, ss: int = SUPERSAMPLING) -> dict:
+                split: str = "train", workers: int = 1, shard_size: int = 128,
+                captions_per_scene: int = CAPTIONS_PER_SCENE, ss: int = SUPERSAMPLING, times_per_scene: int = 0) -> dict:
     """Render scenes 0..n_scenes-1 of (seed, split) into `out_dir`; returns the index.
+
+    `times_per_scene` > 0 renders animated ShapeWorld instead: `views_per_scene` cameras, each
+    seen at that many clip times (a camera x time grid per scene).
 
     Shards are independent of `workers` (each scene has its own generators). An existing cache
     with the same parameters is reused; one with other parameters is an error. The index is
-    written last, so a folder without one is an unfinished cache and is rebuilt.
+    written last, so a folder without one is an unfinished cache: its finished shards are kept
+    when they were rendered with the same parameters (any scene count), the rest are rendered.
     """
     out_dir = Path(out_dir)
     params = json.loads(json.dumps({  # as it reads back from the index (tuples become lists)
         "version": CACHE_VERSION, "n_scenes": n_scenes, "views": views_per_scene, "size": size, "seed": seed,
         "split": split, "captions_per_scene": captions_per_scene, "ss": ss, "fov_y_deg": FOV_Y_DEG,
-        "shading": asdict(SHADING)}))
+        "shading": asdict(SHADING), **({"times": times_per_scene} if times_per_scene else {})}))
     existing = _read_index(out_dir)
     if existing is not None:
         if existing["params"] != params:
             raise UserError(f"{out_dir / INDEX_NAME}: cache built with other parameters; use another folder")
         return existing
     out_dir.mkdir(parents=True, exist_ok=True)
+    shard_params = {k: v for k, v in params.items() if k != "n_scenes"}
+    partial = out_dir / PARTIAL_NAME
+    if not partial.is_file() or json.loads(partial.read_text()) != shard_params:
+        for stale in out_dir.glob("shard-*.npz"):
+            stale.unlink()
+        atomic_write_json(partial, shard_params)
     starts = range(0, n_scenes, shard_size)
-    shards = [f"shard-{k:05d}.npz" for k in range(len(starts))]
-    tasks = [(str(out_dir / name), s, min(s + shard_size, n_scenes), params) for name, s in zip(shards, starts)]
+    shards = [f"shard-{s:06d}-{min(s + shard_size, n_scenes):06d}.npz" for s in starts]
+    tasks = [(str(out_dir / name), s, min(s + shard_size, n_scenes), params) for name, s in zip(shards, starts)
+             if not (out_dir / name).is_file()]
     if workers > 1:
         # One torch thread per worker: the workers themselves fill the cores.
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
@@ -115,7 +142,8 @@ class ShapeWorldDataset(torch.utils.data.Dataset):
     The random choices of item i come from a generator seeded by (seed, epoch, i): call
     `set_epoch` each epoch for fresh subsets, and a resumed run sees the same items.
     Items: rgba (V, 4, H, W) float32 in [0, 1] (straight colour, transparent background),
-    c2w (V, 4, 4) OpenGL, fov_y_deg, caption, spec (JSON), index.
+    c2w (V, 4, 4) OpenGL, times (V,) clip times (zeros for static scenes), fov_y_deg, caption,
+    spec (JSON), index.
     """
 
     def __init__(self, cache_dir: Path, views: int, seed: int = 0):
@@ -124,11 +152,14 @@ class ShapeWorldDataset(torch.utils.data.Dataset):
         if index is None:
             raise UserError(f"{cache_dir}: no ShapeWorld cache here (missing {INDEX_NAME})")
         self.params = index["params"]
-        if not 1 <= views <= self.params["views"]:
-            raise UserError(f"views must be in [1, {self.params['views']}] for the cache {cache_dir}, got {views}")
+        stored = self.params["views"] * max(1, self.params.get("times", 1))
+        if not 1 <= views <= stored:
+            raise UserError(f"views must be in [1, {stored}] for the cache {cache_dir}, got {views}")
         shards = [np.load(cache_dir / name) for name in index["shards"]]
         self.rgba = np.concatenate([s["rgba"] for s in shards])
         self.c2w = np.concatenate([s["c2w"] for s in shards])
+        self.times = np.concatenate([s["times"] if "times" in s else np.zeros(s["c2w"].shape[:2], np.float32)
+                                     for s in shards])
         self.captions = np.concatenate([s["captions"] for s in shards])
         self.specs = np.concatenate([s["specs"] for s in shards])
         self.views, self.seed, self.epoch = views, seed, 0
@@ -146,6 +177,7 @@ class ShapeWorldDataset(torch.utils.data.Dataset):
         return {
             "rgba": rgba,
             "c2w": torch.from_numpy(self.c2w[i, chosen]),
+            "times": torch.from_numpy(self.times[i, chosen]),
             "fov_y_deg": float(self.params["fov_y_deg"]),
             "caption": str(self.captions[i, rng.integers(self.captions.shape[1])]),
             "spec": str(self.specs[i]),
