@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from viewer_helpers import live_server, make_run, wait_for
+from viewer_helpers import live_server, make_moving_box_run, make_run, wait_for
 
 from gen3d.server.app import create_app
 from gen3d.server.jobkinds import JOB_KINDS
@@ -86,6 +86,18 @@ def test_run_detail_events_and_files(client: TestClient, runs_dir: Path):
     assert glb.content == (runs_dir / run_id / "mesh.glb").read_bytes()
     assert client.get(f"/api/runs/{run_id}/files/manifest.json").json()["id"] == run_id
     assert client.get("/api/runs/no-such-run").status_code == 404
+
+
+def test_4d_run_counts_its_frames_and_serves_them(client: TestClient, runs_dir: Path):
+    run_id = "20250104-000000-text-to-4d-moving-box"
+    make_moving_box_run(runs_dir, run_id, frames=3)
+    runs = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert runs[run_id]["frames"] == 3 and runs["20250101-000000-text-to-3d-box"]["frames"] == 0
+    files = client.get(f"/api/runs/{run_id}").json()["files"]
+    meshes = [(f["path"], f["frame"], f["time"]) for f in files if f["role"] == "mesh"]
+    assert meshes == [("frames/000.glb", 0, 0.0), ("frames/001.glb", 1, 0.5), ("frames/002.glb", 2, 1.0)]
+    glb = client.get(f"/api/runs/{run_id}/files/frames/002.glb")
+    assert glb.status_code == 200 and glb.content == (runs_dir / run_id / "frames" / "002.glb").read_bytes()
 
 
 def test_run_stream_replays_events_then_ends(client: TestClient):
@@ -192,6 +204,7 @@ def test_bad_uploads_are_refused(client: TestClient, runs_dir: Path, data: bytes
     ({"kind": "text-to-3d", "options": {"prompt": "x\ny"}}, "options.prompt"),
     ({"kind": "text-to-3d", "options": {"prompt": "a cube", "prior": "../etc"}}, "options.prior"),
     ({"kind": "text-to-3d", "options": {"prompt": "a cube", "set": ["not an override"]}}, "options.set"),
+    ({"kind": "text-to-4d", "options": {"prompt": "a ball", "method": "vsd"}}, "options.method: unknown option"),
     ({"kind": "reconstruct", "options": {"scene": "/definitely/not/here"}}, "options.scene"),
     ({"kind": "reconstruct", "options": {"scene": "."}}, "not a scene folder"),
     ({"kind": "resume", "options": {"run": "../x"}}, "options.run"),
@@ -235,6 +248,15 @@ def test_reconstruct_job_command_line(client: TestClient, runs_dir: Path):
     assert argv == ["reconstruct", "--views", "3", "--seed", "0", "--set", "train.steps=5",
                     "--out", str(runs_dir / job["run_id"]), "--", str(scene.resolve())]
     assert job["run_id"].endswith(f"-reconstruct-nerf-synthetic-lego-subset-j{job['id']}")
+
+
+def test_text_to_4d_job_command_line(client: TestClient, runs_dir: Path):
+    job = client.post("/api/jobs", json={"kind": "text-to-4d", "options": {"prompt": "a bouncing ball", "seed": 2,
+                                                                           "set": ["fit.steps=3"]}}).json()
+    argv = JOB_KINDS["text-to-4d"].argv(job["options"], runs_dir / job["run_id"])
+    assert argv == ["text-to-4d", "--seed", "2", "--set", "fit.steps=3", "--out", str(runs_dir / job["run_id"]),
+                    "--", "a bouncing ball"]
+    assert job["status"] == "queued" and job["run_id"].endswith(f"-text-to-4d-a-bouncing-ball-j{job['id']}")
 
 
 def test_cancel_queued_job(client: TestClient):

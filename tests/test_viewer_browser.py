@@ -7,16 +7,14 @@ Skipped, with the reason, when /usr/bin/chromium or the playwright package is mi
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from viewer_helpers import CHROMIUM, CHROMIUM_ARGS, box_corners, box_mesh, live_server, make_run
+from viewer_helpers import CHROMIUM, CHROMIUM_ARGS, box_corners, live_server, make_moving_box_run, make_run
 
 from gen3d.cameras import from_fov, look_at, project
-from gen3d.runs.folder import RunFolder
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (install it with scripts/install_browser.sh)", allow_module_level=True)
@@ -24,6 +22,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 
 BOX_RUN = "20250101-000000-text-to-3d-a-blue-box"
 MOVING_RUN = "20250104-000000-text-to-4d-a-moving-box"
+FRAMES, STEP_X = 8, 0.1  # the moving box: 8 frames, 0.1 further along +x each
 BACKGROUND = (0xF3, 0xF4, 0xF6)  # the viewer's background, #f3f4f6
 CAMERA = {"position": [1.5, 1.0, 2.1], "target": [0.1, 0.05, -0.05], "fov": 40}
 TOLERANCE_PX = 5
@@ -38,7 +37,7 @@ def server(tmp_path_factory):
              inputs={"scene": "/data/fern"}, glb=False)
     make_run(runs, "20250103-000000-image-to-3d-chair", kind="image-to-3d", inputs={"image": "/up/chair.png"},
              metrics={"psnr": 19.5})
-    make_moving_box_run(runs)
+    make_moving_box_run(runs, MOVING_RUN, FRAMES, STEP_X)
     with live_server(runs, workers=1) as live:
         yield live
 
@@ -62,32 +61,25 @@ def page(browser):
     assert errors == [], f"JavaScript errors: {errors}"
 
 
-def make_moving_box_run(runs: Path) -> None:
-    """A 4D run: the box at three times, 0.5 apart along +x, as per-frame GLBs with a `time` field."""
-    folder = make_run(runs, MOVING_RUN, kind="text-to-4d", inputs={"prompt": "a moving box"}, glb=False)
-    run = RunFolder.open(folder)
-    for frame, time in enumerate((0.0, 0.5, 1.0)):
-        path = folder / "frames" / f"mesh_{frame:03d}.glb"
-        path.parent.mkdir(exist_ok=True)
-        box_mesh().apply_translation((time, 0.0, 0.0)).export(path)
-        run.add_artifact(path, "mesh", "export", up="y", time=time)
-    run.write_manifest()
+def drawn_mask(png: bytes) -> np.ndarray:
+    """The pixels that differ from the background."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    return np.abs(rgb - np.array(BACKGROUND)).max(axis=-1) > 40
 
 
 def silhouette_box(png: bytes) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of the pixels that differ from the background, x1/y1 exclusive."""
-    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
-    mask = np.abs(rgb - np.array(BACKGROUND)).max(axis=-1) > 40
-    ys, xs = np.nonzero(mask)
+    ys, xs = np.nonzero(drawn_mask(png))
     assert len(xs) > 100, "nothing drawn"
     return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
 
 
-def expected_box(width: int, height: int) -> tuple[float, float, float, float]:
-    """Project the box's corners through the same pinhole camera as three.js (y up, vertical fov)."""
+def expected_box(width: int, height: int, shift_x: float = 0.0) -> tuple[float, float, float, float]:
+    """Project the box's corners (moved `shift_x` along +x) through the same pinhole camera as three.js."""
     c2w = look_at(torch.tensor(CAMERA["position"]), torch.tensor(CAMERA["target"]), up=torch.tensor([0.0, 1.0, 0.0]))
     cams = from_fov(c2w, CAMERA["fov"], width, height)
-    uv, depth = project(torch.tensor(box_corners(), dtype=torch.float32), cams)
+    corners = box_corners() + np.array([shift_x, 0.0, 0.0])
+    uv, depth = project(torch.tensor(corners, dtype=torch.float32), cams)
     assert (depth > 0).all()
     u, v = uv[0, :, 0], uv[0, :, 1]
     return u.min().item(), v.min().item(), u.max().item(), v.max().item()
@@ -108,6 +100,8 @@ def test_gallery_lists_runs_and_filters(page, server):
         [BOX_RUN, "20250102-000000-reconstruct-fern", "20250103-000000-image-to-3d-chair", MOVING_RUN])
     box_card = page.locator(f'.card[data-run-id="{BOX_RUN}"]')
     assert "a blue box" in box_card.inner_text() and "psnr 24.25" in box_card.inner_text()
+    assert page.locator(".card .badge-4d").evaluate_all("bs => bs.map(b => [b.closest('.card').dataset.runId, b.title])") \
+        == [[MOVING_RUN, f"{FRAMES} frames"]]
     assert box_card.locator("img.thumb").evaluate("img => img.decode().then(() => img.naturalWidth)") == 32
     page.select_option("#filter-kind", "reconstruct")
     assert cards.evaluate_all("cs => cs.map(c => c.dataset.runId)") == ["20250102-000000-reconstruct-fern"]
@@ -151,15 +145,36 @@ def test_display_toggles_change_the_pixels(page, server):
     assert np.abs(mean_solid - mean_normals).max() > 20  # MeshNormalMaterial colours by normal, not by vertex colour
 
 
-def test_time_slider_steps_through_timed_meshes(page, server):
+def test_time_slider_and_play_step_through_a_4d_run(page, server):
     open_run(page, server, MOVING_RUN)
+    slider = page.locator("#time-slider")
+    assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("0", str(FRAMES - 1))
+    assert page.locator("#time-label").inner_text() == f"frame 1 of {FRAMES} · t = 0.00"
+    frame_views = page.locator("#frame-views img")
+    assert frame_views.evaluate_all("is => is.map(i => i.alt)") == ["views/00-00.png", "views/00-01.png"]
     canvas = page.locator("#viewer-canvas")
-    lefts = [silhouette_box(canvas.screenshot())[0]]
-    for frame in (1, 2):
+    centroids = []
+    for frame in (0, 3, FRAMES - 1):
         page.locator("#time-slider").fill(str(frame))
-        page.wait_for_function("f => window.gen3dViewer.shown === f", arg=f"frames/mesh_{frame:03d}.glb")
-        lefts.append(silhouette_box(canvas.screenshot())[0])
-    assert lefts[0] < lefts[1] < lefts[2]  # the box moves right (+x) as time goes on
+        page.wait_for_function("f => window.gen3dViewer.shown === f", arg=f"frames/{frame:03d}.glb")
+        png = canvas.screenshot()
+        centroids.append(np.nonzero(drawn_mask(png))[1].mean())
+    assert centroids[0] + 20 < centroids[1] < centroids[2] - 20, centroids  # the box moves right (+x) in time
+    # The last frame is drawn where projecting the box, moved (FRAMES - 1) * STEP_X along +x, says.
+    width, height = canvas.evaluate("c => [c.clientWidth, c.clientHeight]")
+    drawn, expected = silhouette_box(png), expected_box(width, height, (FRAMES - 1) * STEP_X)
+    assert np.abs(np.subtract(drawn, expected)).max() <= TOLERANCE_PX, (drawn, expected)
+    assert page.locator("#time-label").inner_text() == f"frame {FRAMES} of {FRAMES} · t = 1.00"
+    page.wait_for_function("() => document.querySelector('#frame-views img').alt === 'views/07-00.png'")
+    # Playing loops: from the last frame on to frames 0, 1, 2, ... until paused.
+    page.click("#play-pause")
+    page.wait_for_function("() => window.gen3dViewer.shown === 'frames/002.glb'", timeout=30_000)
+    page.click("#play-pause")
+    assert page.evaluate("window.gen3dViewer.timeline.playing") is False
+    assert page.locator("#play-pause").inner_text().endswith("play")
+    # The turntable and the views grid show as for any run.
+    assert page.locator("img.turntable").evaluate("img => img.decode().then(() => img.naturalWidth)") == 8
+    assert "views.png" in page.locator(".views-grid img").evaluate_all("is => is.map(i => i.alt)")
 
 
 def test_run_page_shows_views_curves_metrics_and_downloads(page, server):
@@ -176,6 +191,9 @@ def test_run_page_shows_views_curves_metrics_and_downloads(page, server):
         return n;
     }""")
     assert series_pixels > 100
+    # A static run has no time controls.
+    assert page.locator("#time-slider, #play-pause, #frame-views").count() == 0
+    assert page.evaluate("window.gen3dViewer.timeline") is None
 
 
 def test_job_submitted_from_the_form_runs_with_live_progress(page, server):

@@ -71,6 +71,32 @@ def make_run(root: Path, run_id: str, *, kind: str = "text-to-3d", status: str =
     return root / run_id
 
 
+def make_moving_box_run(root: Path, run_id: str, frames: int = 8, step_x: float = 0.1) -> Path:
+    """A 4D run as the 4D pipelines write it: the box `step_x` further along +x each frame, as
+    frames/TTT.glb with `frame` and `time`, per-frame views views/TT-CC.png, a views.png grid and a turntable GIF.
+    The view of frame k is grey level 20 * k, so a test can tell the frames' images apart."""
+    folder = make_run(root, run_id, kind="text-to-4d", inputs={"prompt": "a moving box"}, glb=False)
+    run = RunFolder.open(folder)
+    (folder / "frames").mkdir()
+    for frame in range(frames):
+        time = frame / max(frames - 1, 1)
+        path = folder / "frames" / f"{frame:03d}.glb"
+        box_mesh().apply_translation((step_x * frame, 0.0, 0.0)).export(path)
+        run.add_artifact(path, "mesh", "export", format="glb", up="y", frame=frame, time=time)
+        for view in range(2):
+            path = folder / "views" / f"{frame:02d}-{view:02d}.png"
+            Image.new("RGB", (8, 8), (20 * frame,) * 3).save(path)
+            run.add_artifact(path, "views", "views", frame=frame, view=view)
+    Image.new("RGB", (16, 8 * frames), (90, 90, 90)).save(folder / "views.png")
+    run.add_artifact(folder / "views.png", "views", "views", grid=True)
+    gif = [Image.new("RGB", (8, 8), (30 * k, 0, 0)) for k in range(3)]
+    gif[0].save(folder / "turntable.gif", save_all=True, append_images=gif[1:], duration=100, loop=0)
+    run.add_artifact(folder / "turntable.gif", "turntable", "export")
+    run.set_metrics(frames=frames, field_mb=0.5)
+    run.write_manifest()
+    return folder
+
+
 class LiveServer:
     """`gen3d serve RUNS_DIR --port 0` in its own process group; `url` is the address it printed."""
 

@@ -222,6 +222,10 @@ JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("image-to-3d", "Image to 3D", "A 3D object from one image (PNG, JPEG or WebP upload).",
             (Option("image", "image", "The input image.", required=True), _PRIOR, _METHOD, _SEED, _CONFIG, _SET),
             _with_input("image-to-3d", "image"), slug_from="image"),
+    JobKind("text-to-4d", "Text to 4D", "An animated 3D object (one mesh per frame) from a text prompt.",
+            (Option("prompt", "str", "A moving object, e.g. 'a red sphere bouncing'.", required=True), _SEED, _CONFIG,
+             _SET),
+            _with_input("text-to-4d", "prompt"), slug_from="prompt"),
     JobKind("reconstruct", "Few-view reconstruction", "Fit a field to posed photos, then export a mesh.",
             (Option("scene", "scene", "Scene folder on the server (transforms.json, transforms_train.json "
                     "or poses_bounds.npy).", required=True),

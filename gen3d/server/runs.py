@@ -126,6 +126,12 @@ def _thumbnail(run_id: str, manifest: dict) -> str | None:
     return None
 
 
+def frame_count(manifest: dict) -> int:
+    """How many frames a 4D run has: distinct `frame` (else `time`) values of its meshes; 0 for a static run."""
+    keys = {a.get("frame", a.get("time")) for a in artifacts(manifest) if a.get("role") in ("mesh", "pointcloud")}
+    return sum(_number(k) is not None for k in keys)
+
+
 def summarize_run(run_id: str, manifest: dict, updated: float) -> dict:
     """One gallery row: what a card shows and what the gallery sorts and filters on."""
     inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
@@ -144,6 +150,7 @@ def summarize_run(run_id: str, manifest: dict, updated: float) -> dict:
         "updated": updated,
         "duration_s": sum(s for s in seconds if s is not None) if any(s is not None for s in seconds) else None,
         "metrics": headline_metrics(manifest.get("metrics")),
+        "frames": frame_count(manifest),
         "thumbnail": _thumbnail(run_id, manifest),
     }
 

@@ -18,7 +18,8 @@ function card(run) {
     run.thumbnail ? el("img", { class: "thumb", src: run.thumbnail, alt: "", loading: "lazy" }) : el("div", { class: "thumb empty" }, run.kind || "?"),
     el("div", { class: "card-body" },
       el("h3", {}, runTitle(run)),
-      el("p", { class: "meta" }, statusBadge(run.status), " ", run.kind || "", run.method ? ` · ${run.method}` : "", ` · ${formatSeconds(run.duration_s)}`),
+      el("p", { class: "meta" }, statusBadge(run.status), " ",
+        run.frames ? [el("span", { class: "badge badge-4d", title: `${run.frames} frames` }, "4D"), " "] : null, run.kind || "", run.method ? ` · ${run.method}` : "", ` · ${formatSeconds(run.duration_s)}`),
       metrics.length ? el("p", { class: "metrics" }, metrics.map(([k, v]) => el("span", { class: "chip" }, `${k} ${formatNumber(v)}`))) : null,
       run.error ? el("p", { class: "error" }, run.error) : null,
       el("p", { class: "when" }, formatTime(run.updated))));

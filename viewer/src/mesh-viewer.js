@@ -114,14 +114,19 @@ export class MeshViewer {
     this.renderer.render(this.scene, this.camera);
   }
 
+  /** The object for the file at `url`, loaded once: a 4D run steps through its frames again and again. */
+  load(url, { format, zUp = false } = {}) {
+    if (!this.cache.has(url)) this.cache.set(url, loadObject(url, { format, zUp }));
+    return this.cache.get(url);
+  }
+
   /**
    * Load (once) and show the file at `url`; the camera stays where it is unless `fit` is true. Resolves to
    * the object, or to null when a later call replaced it before it finished loading (a dragged slider).
    */
   async show(url, { format, zUp = false, fit = false } = {}) {
     const request = (this.requests = (this.requests || 0) + 1);
-    if (!this.cache.has(url)) this.cache.set(url, loadObject(url, { format, zUp }));
-    const object = await this.cache.get(url);
+    const object = await this.load(url, { format, zUp });
     if (request !== this.requests) return null;
     if (this.object) this.scene.remove(this.object);
     this.object = object;

@@ -2,7 +2,7 @@
 // live progress while the run is going.
 //
 // URL parameters for a fixed view (used by the tests and handy for sharing a view):
-//   cam=x,y,z  target=x,y,z  fov=degrees  wireframe=1  normals=1  colors=0
+//   cam=x,y,z  target=x,y,z  fov=degrees  wireframe=1  normals=1  colors=0  frame=K (a 4D run's frame, from 0)
 // The same is scriptable through window.gen3dViewer (see docs/api.md).
 
 import {
@@ -10,6 +10,7 @@ import {
 } from "./api.js";
 import { drawChart, seriesFromEvents } from "./chart.js";
 import { MeshViewer } from "./mesh-viewer.js";
+import { isTimed, Timeline, timelineControls, timelineSteps } from "./timeline.js";
 
 const params = new URLSearchParams(location.search);
 const runId = params.get("id");
@@ -20,6 +21,14 @@ const LIVE_STATUSES = ["queued", "running"];
 
 const extension = (path) => path.split(".").pop().toLowerCase();
 const numberList = (text) => (text ? text.split(",").map(Number) : null);
+const isMeshFile = (f) => ["mesh", "pointcloud"].includes(f.role) && MESH_FORMATS.includes(extension(f.path));
+const isImageFile = (f) => ["views", "render"].includes(f.role) && IMAGE_FORMATS.includes(extension(f.path));
+
+/** A 4D run's frames (meshes and images with a `frame` or `time`), starting at `frame=K`; null for a static run. */
+function runTimeline(files) {
+  const steps = timelineSteps(files.filter((f) => isMeshFile(f) && isTimed(f)), files.filter((f) => isImageFile(f) && isTimed(f)));
+  return steps.length ? new Timeline(steps, { start: Number(params.get("frame") || 0) }) : null;
+}
 
 function header(run) {
   const summary = run.summary;
@@ -38,12 +47,12 @@ function header(run) {
     run.manifest.error ? el("p", { class: "error" }, run.manifest.error) : null);
 }
 
-/** The 3D panel: canvas, toggles, file picker and (for 4D runs) a time slider over timed meshes. */
-function meshPanel(files) {
-  const meshes = files.filter((f) => ["mesh", "pointcloud"].includes(f.role) && MESH_FORMATS.includes(extension(f.path)));
-  if (meshes.length === 0) return { node: el("section", { class: "panel" }, el("p", { class: "muted" }, "No mesh in this run yet.")) };
-  const timed = meshes.filter((f) => typeof f.time === "number").sort((a, b) => a.time - b.time);
-  const statics = meshes.filter((f) => typeof f.time !== "number");
+/** The 3D panel: canvas, toggles, file picker and, for 4D runs, the time controls over the frames' meshes. */
+function meshPanel(files, timeline) {
+  const meshes = files.filter(isMeshFile);
+  const player = timeline ? timelineControls(timeline) : null;
+  if (meshes.length === 0) return el("section", { class: "panel" }, el("p", { class: "muted" }, "No mesh in this run yet."), player);
+  const statics = meshes.filter((f) => !isTimed(f));
   const canvas = el("canvas", { id: "viewer-canvas" });
   const viewer = new MeshViewer(canvas);
   const options = (file) => ({ format: extension(file.path), zUp: file.up === "z" || (file.up === undefined && extension(file.path) !== "glb" && extension(file.path) !== "gltf") });
@@ -60,6 +69,7 @@ function meshPanel(files) {
   };
   viewer.setDisplay(display);
   const controls = [
+    player,
     toggle("wireframe", "wireframe", display.wireframe),
     toggle("vertex colours", "vertexColors", display.vertexColors),
     toggle("normals", "normals", display.normals),
@@ -70,6 +80,7 @@ function meshPanel(files) {
   const api = {
     loaded: false,
     shown: null, // the path of the file on screen
+    timeline, // a 4D run's frames: seek(index), play(), pause(), index, playing, steps (null for a static run)
     setCamera: (camera) => viewer.setCamera(camera),
     getCamera: () => viewer.getCamera(),
     setDisplay: (changes) => viewer.setDisplay(changes),
@@ -80,29 +91,42 @@ function meshPanel(files) {
   const showFile = (file, fit) => viewer.show(file.url, { ...options(file), fit }).then((object) => {
     if (object) api.shown = file.path;
   });
-  let first;
-  if (statics.length > 0) {
-    const picker = el("select", { id: "mesh-picker" }, statics.map((f, i) => el("option", { value: i }, f.path)));
-    picker.addEventListener("change", () => showFile(statics[picker.value], false));
-    if (statics.length > 1) controls.push(picker);
-    first = statics[0];
-  }
-  if (timed.length > 0) {
-    const slider = el("input", { type: "range", id: "time-slider", min: 0, max: timed.length - 1, value: 0, step: 1 });
-    const label = el("span", { class: "time-label" }, `t = ${timed[0].time}`);
-    slider.addEventListener("input", () => {
-      label.textContent = `t = ${timed[slider.value].time}`;
-      showFile(timed[slider.value], false);
+  const failed = (file) => (error) => canvas.replaceWith(el("p", { class: "error" }, `could not show ${file.path}: ${error.message || error}`));
+
+  // The picker lists the static meshes, and "animation" (the current frame's mesh) for a 4D run.
+  let picker = null;
+  if (statics.length + (timeline ? 1 : 0) > 1) {
+    picker = el("select", { id: "mesh-picker" }, timeline ? el("option", { value: "" }, "animation") : null, statics.map((f, i) => el("option", { value: i }, f.path)));
+    picker.addEventListener("change", () => {
+      if (picker.value === "") {
+        timeline.seek(timeline.index);
+        return;
+      }
+      timeline?.pause();
+      showFile(statics[picker.value], false).catch(failed(statics[picker.value]));
     });
-    controls.push(el("label", { class: "time" }, "time ", slider, label));
-    first ??= timed[0];
+    controls.push(picker);
   }
+  timeline?.addDrawer((step) => {
+    if (!step.mesh) return undefined;
+    if (picker) picker.value = "";
+    return showFile(step.mesh, false).catch(failed(step.mesh));
+  });
+
+  const first = timeline?.current.mesh ?? statics[0] ?? meshes[0];
+  if (picker) picker.value = statics.includes(first) ? statics.indexOf(first) : "";
   api.ready = showFile(first, !initialCamera).then(() => {
     if (initialCamera) viewer.setCamera(initialCamera);
     api.loaded = true;
   });
-  api.ready.catch((error) => canvas.replaceWith(el("p", { class: "error" }, `could not show ${first.path}: ${error.message || error}`)));
-  return { node: el("section", { class: "panel viewer" }, el("div", { class: "viewer-box" }, canvas), el("div", { class: "toolbar" }, controls)) };
+  api.ready.catch(failed(first));
+  // Then fetch the other frames one after another, so playing does not wait on the network.
+  if (timeline) api.ready.then(() => prefetch(viewer, timeline.steps.map((s) => s.mesh).filter(Boolean), options), () => null);
+  return el("section", { class: "panel viewer" }, el("div", { class: "viewer-box" }, canvas), el("div", { class: "toolbar" }, controls));
+}
+
+async function prefetch(viewer, files, options) {
+  for (const file of files) await viewer.load(file.url, options(file)).catch(() => null); // shown when reached
 }
 
 function metricsPanel(manifest) {
@@ -119,15 +143,36 @@ function metricsPanel(manifest) {
       stages.map((s) => el("tr", {}, el("td", {}, s.name), el("td", {}, statusBadge(s.status)), el("td", {}, formatSeconds(s.seconds)), el("td", {}, formatSeconds(s.estimated_seconds))))));
 }
 
-function mediaPanel(files) {
-  const images = files.filter((f) => ["views", "render"].includes(f.role) && IMAGE_FORMATS.includes(extension(f.path)));
+function figure(file, { lazy = true } = {}) {
+  return el("figure", {}, el("a", { href: file.url }, el("img", { src: file.url, alt: file.path, loading: lazy ? "lazy" : null })), el("figcaption", {}, file.path.split("/").pop()));
+}
+
+/** The current frame's images (views/TT-CC.png), swapped in once they are decoded so playing never flickers. */
+function frameImages(timeline) {
+  const grid = el("div", { class: "views-grid", id: "frame-views" });
+  let latest = 0;
+  const draw = async (step) => {
+    const request = (latest += 1);
+    const figures = step.images.map((file) => figure(file, { lazy: false }));
+    await Promise.all(figures.map((f) => f.querySelector("img").decode().catch(() => null)));
+    if (request === latest) grid.replaceChildren(...figures);
+  };
+  timeline.addDrawer(draw);
+  draw(timeline.current);
+  return grid;
+}
+
+function mediaPanel(files, timeline) {
+  const images = files.filter((f) => isImageFile(f) && !isTimed(f));
   const turntables = files.filter((f) => f.role === "turntable");
   const sections = [];
   for (const role of ["views", "render"]) {
     const group = images.filter((f) => f.role === role);
     if (group.length === 0) continue;
-    sections.push(el("h2", {}, role === "views" ? "Generated views" : "Renders"),
-      el("div", { class: "views-grid" }, group.map((f) => el("figure", {}, el("a", { href: f.url }, el("img", { src: f.url, alt: f.path, loading: "lazy" })), el("figcaption", {}, f.path.split("/").pop())))));
+    sections.push(el("h2", {}, role === "views" ? "Generated views" : "Renders"), el("div", { class: "views-grid" }, group.map((f) => figure(f))));
+  }
+  if (timeline?.steps.some((step) => step.images.length)) {
+    sections.push(el("h2", {}, "Views at the current frame ", el("span", { class: "muted" }, "(follows the time slider)")), frameImages(timeline));
   }
   const video = turntables.find((f) => VIDEO_FORMATS.includes(extension(f.path)));
   const gif = turntables.find((f) => extension(f.path) === "gif");
@@ -230,11 +275,12 @@ async function main() {
     return;
   }
   const curves = curvesPanel();
+  const timeline = runTimeline(run.files);
   const sections = [
     header(run),
     LIVE_STATUSES.includes(run.summary.status) ? liveProgress(run, events, curves) : null,
-    el("div", { class: "run-top" }, meshPanel(run.files).node, metricsPanel(run.manifest)),
-    mediaPanel(run.files),
+    el("div", { class: "run-top" }, meshPanel(run.files, timeline), metricsPanel(run.manifest)),
+    mediaPanel(run.files, timeline),
     curves.node,
     configPanel(run.manifest),
     filesPanel(run),
