@@ -93,10 +93,18 @@ class NerfField(nn.Module):
             return (uncontract(u * 4 - 2) * (hi - lo) + lo + hi) / 2
         return lo + u * (hi - lo)
 
+    def encode(self, u: Tensor) -> Tensor:
+        """The position encoding of normalised points (a subclass may mask levels, e.g. coarse-to-fine)."""
+        return self.encoding(u)
+
+    def density_offset(self, x: Tensor) -> Tensor | float:
+        """A fixed pre-activation density added at world points x (a subclass may seed a shape)."""
+        return 0.0
+
     def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Density (N,) and the geometry features (N, geo_features) the colour head reads."""
-        h = self.density_mlp(self.encoding(self.normalize(x)))
-        return TruncExp.apply(h[:, 0] + self.cfg.density_bias), h[:, 1:]
+        h = self.density_mlp(self.encode(self.normalize(x)))
+        return TruncExp.apply(h[:, 0] + self.cfg.density_bias + self.density_offset(x)), h[:, 1:]
 
     def density(self, x: Tensor) -> Tensor:
         return self.geometry(x)[0]

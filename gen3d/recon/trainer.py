@@ -3,6 +3,9 @@
 `ReconTrainer` owns the field, the renderer (with its occupancy grid), the optimiser and one
 seeded generator that every random choice draws from, so `state_dict()` captures everything a
 resumed run needs to continue bit-identically.
+
+With one time per view (`times`, and `spacetime.enabled` in the config) the same loop fits a
+space-time field (`gen3d.fields.spacetime`) to a moving object: each ray carries its view's time.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from torch import Tensor, nn
 from gen3d.cameras import Cameras, generate_rays
 from gen3d.errors import UserError
 from gen3d.fields.nerf import FieldConfig, NerfField
+from gen3d.fields.spacetime import SpacetimeConfig, SpacetimeField
 from gen3d.recon.hull import visual_hull
 from gen3d.recon.metrics import psnr, ssim
-from gen3d.render.volume import RenderConfig, VolumeRenderer
+from gen3d.render.volume import RadianceField, RenderConfig, VolumeRenderer
 
 
 @dataclass
@@ -35,6 +39,7 @@ class ReconConfig:
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    spacetime: SpacetimeConfig = dataclasses.field(default_factory=SpacetimeConfig)
     steps: int = 3000
     batch_rays: int = 2048
     mask_loss_weight: float = 0.0  # weight of (opacity - alpha)^2 where images carry alpha
@@ -74,6 +79,21 @@ def premultiply(images: Tensor, alpha: Tensor | None, background: Tensor) -> tup
     return images - background * (1 - a), a
 
 
+def view_times(times: Tensor | None, n_views: int, spacetime: bool) -> Tensor | None:
+    """Checked per-view times (N,) in [0, 1]; they come exactly with a space-time config."""
+    if times is None:
+        if spacetime:
+            raise UserError("config key 'spacetime.enabled' is true, but the views come without times")
+        return None
+    if not spacetime:
+        raise UserError("views with times need config key 'spacetime.enabled: true'")
+    times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+    if len(times) != n_views or not ((times >= 0) & (times <= 1)).all():
+        span = f" in [{times.min().item():.3g}, {times.max().item():.3g}]" if len(times) else ""
+        raise UserError(f"times must be one value in [0, 1] per view: {n_views} views, got {len(times)} times{span}")
+    return times
+
+
 class ReconTrainer:
     """Fits a `NerfField` to images in [0, 1] seen by `cameras`.
 
@@ -81,10 +101,12 @@ class ReconTrainer:
     `render.background_color`, optionally with `alpha` (N, H, W[, 1]). Coverage lets training carve
     the occupancy grid to the visual hull, composite onto random backgrounds (`render.background:
     random`) and use the mask loss. `view_weights` (N,) scale each view's share of the loss.
+    `times` (N,) in [0, 1], required exactly when `spacetime.enabled`: the time each view shows;
+    the field is then a `SpacetimeField`.
     """
 
     def __init__(self, cfg: ReconConfig, images: Tensor, cameras: Cameras, seed: int = 0,
-                 view_weights: Tensor | None = None, alpha: Tensor | None = None):
+                 view_weights: Tensor | None = None, alpha: Tensor | None = None, times: Tensor | None = None):
         if images.ndim != 4 or images.shape[-1] not in (3, 4):
             raise UserError(f"training images must be (N, H, W, 3 or 4), got {tuple(images.shape)}")
         if len(cameras) != images.shape[0] or (cameras.height, cameras.width) != tuple(images.shape[1:3]):
@@ -92,6 +114,7 @@ class ReconTrainer:
                             f"images {tuple(images.shape)}")
         if alpha is not None and alpha.numel() != images[..., 0].numel():
             raise UserError(f"alpha {tuple(alpha.shape)} does not match images {tuple(images.shape)}")
+        self.times = view_times(times, len(cameras), cfg.spacetime.enabled)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
@@ -102,7 +125,9 @@ class ReconTrainer:
         weights = torch.ones(len(cameras)) if view_weights is None else torch.as_tensor(view_weights, dtype=torch.float32)
         self.view_weights = weights / weights.mean()
         self.generator = torch.Generator().manual_seed(seed)
-        self.field = NerfField(cfg.field, torch.tensor(cfg.render.aabb), generator=self.generator)
+        aabb = torch.tensor(cfg.render.aabb)
+        self.field = (NerfField(cfg.field, aabb, generator=self.generator) if self.times is None
+                      else SpacetimeField(cfg.field, cfg.spacetime, aabb, generator=self.generator))
         self.renderer = VolumeRenderer(cfg.render, contraction=cfg.field.contraction)
         self.model = nn.ModuleDict({"field": self.field, "renderer": self.renderer})
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -112,10 +137,20 @@ class ReconTrainer:
             self._carve_occupancy()
 
     def _carve_occupancy(self) -> None:
+        """Empty the cells outside the visual hull. With times, the union over times of each time's
+        hull: views of different times see the object in different places, so they must not carve
+        each other's object away."""
         grid = self.renderer.occupancy
         centers = self.field.denormalize(grid.cell_centers())
         half_diagonal = 0.5 * 3**0.5 * ((self.field.aabb[1] - self.field.aabb[0]).max().item() / grid.cfg.resolution)
-        grid.restrict(visual_hull(centers, half_diagonal, self.cameras, self.alpha[..., 0]))
+        if self.times is None:
+            grid.restrict(visual_hull(centers, half_diagonal, self.cameras, self.alpha[..., 0]))
+            return
+        keep = torch.zeros(len(centers), dtype=torch.bool)
+        for t in self.times.unique():
+            views = (self.times == t).nonzero()[:, 0]
+            keep |= visual_hull(centers, half_diagonal, self.cameras[views], self.alpha[views, ..., 0])
+        grid.restrict(keep)
 
     def _lr_scale(self) -> float:
         return self.cfg.optim.final_lr_fraction ** min(self.step_count / max(self.cfg.steps, 1), 1.0)
@@ -137,7 +172,8 @@ class ReconTrainer:
         origins, dirs, premult, coverage, view = self._sample_batch()
         background = self.renderer.background(len(origins), self.generator if self.has_alpha else None)
         target = premult if coverage is None else premult + background * (1 - coverage)
-        out = self.renderer.render_rays(self.field, origins, dirs, background, generator=self.generator)
+        out = self.renderer.render_rays(self.field, origins, dirs, background, generator=self.generator,
+                                        times=None if self.times is None else self.times[view])
         ray_weights = self.view_weights[view]
         sq_err = (out["rgb"] - target).square().mean(-1)
         rgb_loss = (ray_weights * sq_err).sum() / ray_weights.sum()
@@ -145,11 +181,13 @@ class ReconTrainer:
         if self.has_alpha and self.cfg.mask_loss_weight > 0:
             mask_err = (out["opacity"] - coverage[:, 0]).square()
             loss = loss + self.cfg.mask_loss_weight * (ray_weights * mask_err).sum() / ray_weights.sum()
+        if self.times is not None:
+            loss = loss + self.field.regularization()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step_count += 1
-        self.renderer.update_occupancy(self.field, self.step_count, self.generator)
+        self.renderer.update_occupancy(self.field, self.step_count, self.generator, over_time=self.times is not None)
         mse = sq_err.detach().mean().item()
         return {"loss": loss.item(), "psnr": -10 * torch.log10(torch.tensor(max(mse, 1e-12))).item()}
 
@@ -164,33 +202,54 @@ class ReconTrainer:
         """The colour renders and evaluations composite onto (random backgrounds evaluate on the fixed colour)."""
         return self.renderer.background(1)[0].detach()
 
+    def _check_times(self, times) -> None:
+        """Space-time trainers render at given times, static ones without (a clear error, not a shape error)."""
+        if times is None and self.times is not None:
+            raise ValueError("this trainer fits a space-time field: pass the time(s) to render at")
+        if times is not None and self.times is None:
+            raise ValueError("this trainer fits a static field: it renders without times")
+
     @torch.no_grad()
-    def render_rays(self, origins: Tensor, dirs: Tensor, normals: bool = False) -> dict[str, Tensor]:
-        """Any rays (R, 3), in chunks, onto the evaluation background: rgb, depth, opacity (and normals)."""
+    def render_rays(self, origins: Tensor, dirs: Tensor, normals: bool = False,
+                    times: Tensor | None = None) -> dict[str, Tensor]:
+        """Any rays (R, 3), in chunks, onto the evaluation background: rgb, depth, opacity (and normals).
+        A space-time trainer needs each ray's time, `times` (R,)."""
+        self._check_times(times)
         background = self.eval_background()
-        chunks = [self.renderer.render_rays(self.field, origins[s:s + self.cfg.render_chunk],
-                                            dirs[s:s + self.cfg.render_chunk], background, normals=normals)
-                  for s in range(0, len(origins), self.cfg.render_chunk)]
+        step = self.cfg.render_chunk
+        chunks = [self.renderer.render_rays(self.field, origins[s:s + step], dirs[s:s + step], background,
+                                            normals=normals, times=None if times is None else times[s:s + step])
+                  for s in range(0, len(origins), step)]
         return {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
 
-    def render(self, cameras: Cameras, normals: bool = False) -> dict[str, Tensor]:
-        """Whole images: rgb (N, H, W, 3), depth and opacity (N, H, W), normals (N, H, W, 3) if asked."""
+    def render(self, cameras: Cameras, normals: bool = False, times: Tensor | float | None = None) -> dict[str, Tensor]:
+        """Whole images: rgb (N, H, W, 3), depth and opacity (N, H, W), normals (N, H, W, 3) if asked.
+        A space-time trainer renders at `times`: one float for all cameras or (N,), one per camera."""
         origins, dirs = (t.reshape(-1, 3) for t in generate_rays(cameras))
-        out = self.render_rays(origins, dirs, normals=normals)
+        if times is not None:
+            per_camera = torch.as_tensor(times, dtype=torch.float32).expand(len(cameras))
+            times = per_camera.repeat_interleave(cameras.height * cameras.width)
+        out = self.render_rays(origins, dirs, normals=normals, times=times)
         shape = (len(cameras), cameras.height, cameras.width)
         return {key: value.reshape(*shape, *value.shape[1:]) for key, value in out.items()}
 
-    def evaluate(self, images: Tensor, cameras: Cameras) -> dict:
+    def evaluate(self, images: Tensor, cameras: Cameras, times: Tensor | float | None = None) -> dict:
         """Mean PSNR and SSIM over held-out views (composited onto the evaluation background) and the renders."""
-        renders = self.render(cameras)["rgb"]
+        renders = self.render(cameras, times=times)["rgb"]
         target = composite_onto(images.float(), self.eval_background())
         return {"psnr": psnr(renders, target).mean().item(), "ssim": ssim(renders, target).mean().item(),
                 "renders": renders}
 
+    def field_at(self, time: float | None = None) -> RadianceField:
+        """The static field, or the space-time field at `time` (what renderers and mesh export read)."""
+        self._check_times(time)
+        return self.field if time is None else self.field.at_time(time)
+
     @torch.no_grad()
-    def density(self, points: Tensor, chunk: int = 65536) -> Tensor:
-        """Field density at world points (N, 3), e.g. for marching cubes."""
-        return torch.cat([self.field.density(points[s:s + chunk]) for s in range(0, len(points), chunk)])
+    def density(self, points: Tensor, chunk: int = 65536, time: float | None = None) -> Tensor:
+        """Field density at world points (N, 3), e.g. for marching cubes; a space-time trainer's at `time`."""
+        field = self.field_at(time)
+        return torch.cat([field.density(points[s:s + chunk]) for s in range(0, len(points), chunk)])
 
     def state_dict(self) -> dict:
         return {"step": self.step_count, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -5,6 +5,9 @@ only steps whose occupancy-grid cell is occupied reach the field, packed into on
 with their ray index, so a CPU spends its time in occupied space. Compositing is a per-ray
 exclusive cumulative sum on the packed samples. At render time rays march in chunks of steps
 and stop once their transmittance falls below `early_stop`.
+
+Space-time fields (with `at_time(t)`, see `gen3d.fields.spacetime`) render with one time per ray;
+each sample reads the field at its ray's time, and the occupancy grid covers the union over time.
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ class RadianceField(Protocol):
         """World points to the [0, 1]^3 space the occupancy grid covers."""
 
     def denormalize(self, u: Tensor) -> Tensor: ...
+
+
+def at_ray_times(field, times: Tensor | None, ray: Tensor) -> RadianceField:
+    """The field itself, or a space-time field at the time of each packed sample's ray."""
+    return field if times is None else field.at_time(times[ray])
 
 
 def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
@@ -222,12 +230,22 @@ class VolumeRenderer(nn.Module):
         self.occupancy = OccupancyGrid(cfg.occupancy) if cfg.occupancy.enabled else None
         self.background = Background(cfg)
 
-    def update_occupancy(self, field: RadianceField, step: int, generator: torch.Generator) -> None:
-        """Call once per training step; refreshes the grid every `update_every` steps."""
+    def update_occupancy(self, field: RadianceField, step: int, generator: torch.Generator,
+                         over_time: bool = False) -> None:
+        """Call once per training step; refreshes the grid every `update_every` steps.
+
+        over_time: `field` is a space-time field; each cell reads it at a random time, so with the
+        grid's decaying maximum the mask covers where the object is at any time.
+        """
         occ = self.cfg.occupancy
         if self.occupancy is None or step % occ.update_every != 0:
             return
-        self.occupancy.update(lambda u: field.density(field.denormalize(u)), self.cfg.step_size, generator)
+
+        def density(u: Tensor) -> Tensor:
+            frame = field.at_time(torch.rand(len(u), generator=generator)) if over_time else field
+            return frame.density(field.denormalize(u))
+
+        self.occupancy.update(density, self.cfg.step_size, generator)
         if step < occ.warmup_steps:
             self.occupancy.mask.copy_(self.occupancy.hull)
 
@@ -241,8 +259,12 @@ class VolumeRenderer(nn.Module):
         return field.denormalize(u)
 
     def render_rays(self, field: RadianceField, origins: Tensor, dirs: Tensor, background: Tensor,
-                    generator: torch.Generator | None = None, normals: bool = False) -> dict[str, Tensor]:
-        """Rays (R, 3) to rgb (R, 3) over `background` (3,) or (R, 3), depth (R,), opacity (R,), normals (R, 3)."""
+                    generator: torch.Generator | None = None, normals: bool = False,
+                    times: Tensor | None = None) -> dict[str, Tensor]:
+        """Rays (R, 3) to rgb (R, 3) over `background` (3,) or (R, 3), depth (R,), opacity (R,), normals (R, 3).
+
+        times (R,): each ray's time in [0, 1] when `field` is a space-time field.
+        """
         cfg = self.cfg
         n = origins.shape[0]
         box = self._march_box(field)
@@ -268,13 +290,15 @@ class VolumeRenderer(nn.Module):
             if len(alive) == 0:
                 break
             k_count = min(chunk, total_steps - k0)
-            self._march_chunk(field, origins, dirs, t_near, t_far, jitter, alive, k0, k_count, log_t, out, normals)
+            self._march_chunk(field, origins, dirs, t_near, t_far, jitter, alive, k0, k_count, log_t, out, normals,
+                              times)
             if not training and cfg.early_stop > 0:
                 alive = alive[log_t[alive] > math.log(cfg.early_stop)]
         out["rgb"] = out["rgb"] + (1 - out["opacity"])[:, None] * background
         return out
 
-    def _march_chunk(self, field, origins, dirs, t_near, t_far, jitter, rays, k0, k_count, log_t, out, normals):
+    def _march_chunk(self, field, origins, dirs, t_near, t_far, jitter, rays, k0, k_count, log_t, out, normals,
+                     times):
         """March steps [k0, k0 + k_count) of `rays`, accumulating into `out` and `log_t` in place."""
         cfg = self.cfg
         k = torch.arange(k0, k0 + k_count, dtype=torch.float32)[None] + jitter[rays, None]
@@ -293,8 +317,9 @@ class VolumeRenderer(nn.Module):
         d = dirs[ray]
         x = origins[ray] + t_s[:, None] * d
         if torch.is_grad_enabled() and cfg.train_early_stop and cfg.early_stop > 0:
-            local, ray, t_s, delta, d, x = self._visible(field, x, delta, local, len(rays), log_t[rays],
-                                                          (local, ray, t_s, delta, d, x))
+            local, ray, t_s, delta, d, x = self._visible(at_ray_times(field, times, ray), x, delta, local, len(rays),
+                                                          log_t[rays], (local, ray, t_s, delta, d, x))
+        field = at_ray_times(field, times, ray)
         if normals:
             x = x.detach().requires_grad_(True)
         with torch.enable_grad() if normals else contextlib.nullcontext():
