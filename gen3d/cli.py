@@ -27,6 +27,7 @@ _state = {"verbose": False}
 _COMMAND_MODULES = [
     "gen3d.commands.bench",
     "gen3d.commands.demo",
+    "gen3d.commands.dynamic",
     "gen3d.commands.generate",
     "gen3d.commands.image",
     "gen3d.commands.jobs",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from gen3d.errors import UserError
+from gen3d.render.mesh import render_mesh
 from gen3d.shapeworld.animated import (
     BOUNCE_HEIGHT,
     GROW_RANGE,
@@ -23,8 +23,6 @@ from gen3d.shapeworld.animated import (
     sample_animated_spec,
 )
 from gen3d.shapeworld.dataset import SHADING, ShapeWorldDataset, build_cache
-from gen3d.render.mesh import render_mesh
-from gen3d.shapeworld.scenes import eval_cameras
 from gen3d.shapeworld.spec import HELD_OUT, SHAPES, SceneSpec
 
 

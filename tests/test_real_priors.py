@@ -14,14 +14,21 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gen3d.cameras import Cameras, orbit
 from gen3d.cli import main
 from gen3d.diffusion import VSD, sds_loss
 from gen3d.errors import UserError
-from gen3d.models.adapters import memory_guard, resolve_device, resolve_dtype
+from gen3d.models.adapters import (
+    backdrop_alpha,
+    memory_guard,
+    resolve_device,
+    resolve_dtype,
+)
 from gen3d.models.adapters.convert import (
     CLIP_PROCESSOR,
     COMPONENTS,
@@ -40,6 +47,7 @@ from gen3d.models.adapters.mvdream import mvdream_camera
 from gen3d.models.adapters.sd import view_direction
 from gen3d.models.adapters.zero123 import relative_pose
 from gen3d.models.prior import Observed, PriorOptions, load_prior
+from gen3d.runs import read_manifest
 
 DATA = Path(__file__).resolve().parent / "data" / "real_priors"
 TOKENIZER = DATA / "tokenizer"
@@ -275,7 +283,8 @@ def test_sd_sds_step_and_sampling(name, priors):
     images = prior.sample("a red cube", cameras(2), steps=2, generator=torch.Generator().manual_seed(0))
     again = prior.sample("a red cube", cameras(2), steps=2, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 4, 64, 64) and torch.equal(images, again)
-    assert images[:, :3].min() >= 0 and images[:, :3].max() <= 1 and torch.all(images[:, 3] == 1)
+    assert images[:, :3].min() >= 0 and images[:, :3].max() <= 1
+    torch.testing.assert_close(images[:, 3:], backdrop_alpha(images[:, :3]))  # keyed from the backdrop
     assert images[:, :3].std() > 0
 
 
@@ -292,9 +301,22 @@ def test_zero123_conditioning_sds_and_sampling(priors):
     loss, grad = sds_step(prior, 2, obs)
     assert torch.isfinite(loss) and grad.abs().sum() > 0
     images = prior.sample(None, cameras(2), obs, steps=2, generator=torch.Generator().manual_seed(0))
-    assert images.shape == (2, 4, 64, 64) and torch.all(images[:, 3] == 1)
+    assert images.shape == (2, 4, 64, 64)
+    torch.testing.assert_close(images[:, 3:], backdrop_alpha(images[:, :3]))
     with pytest.raises(UserError, match="needs an input image"):
         prior.condition(None, cameras(1))
+
+
+def test_decoded_views_key_their_plain_backdrop_into_alpha():
+    """The real priors have no alpha: an object on a plain backdrop (any colour) gets its mask."""
+    views = torch.ones(2, 3, 16, 16)
+    views[1] *= 0.5  # a grey backdrop
+    views[:, :, 4:10, 6:12] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+    alpha = backdrop_alpha(views)
+    assert alpha.shape == (2, 1, 16, 16)
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[4:10, 6:12] = True
+    assert torch.all(alpha[:, 0, inside] == 1) and torch.all(alpha[:, 0, ~inside] == 0)
 
 
 def test_zero123_relative_pose():
@@ -551,3 +573,99 @@ def test_view_direction_follows_dreamfusion():
            ["front", "front", "side", "side", "back", "back", "side", "front"]
     assert view_direction(70, 0) == "overhead"
     assert view_direction(10, 90, front_azimuth=90) == "front" and view_direction(10, 0, front_azimuth=-90) == "side"
+
+
+# ---- the pipelines end to end, through the command line -----------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENE = ROOT / "scenes" / "shapeworld-snowman"
+PHOTO = SCENE / "train" / "000.png"
+#: the configs/ci presets, cut further: one thread, a few steps (so a low surface level), no turntable files
+QUICK = ["recon.threads=1", "recon.steps=10", "export.threshold=0.3", "export.video=false", "export.gif=false"]
+DISTILL = ["distill.steps=2"]
+
+
+def run_job_cli(args: list[str], preset: str, out: Path, overrides: list[str]) -> dict:
+    """`gen3d ARGS --config configs/ci/PRESET --out OUT --set ...`: exit 0, a finished run with a mesh."""
+    sets = [item for o in QUICK + overrides for item in ("--set", o)]
+    assert main([*args, "--config", str(ROOT / "configs" / "ci" / preset), "--out", str(out), *sets]) == 0
+    manifest = read_manifest(out)
+    assert manifest["status"] == "done" and all(s["status"] == "done" for s in manifest["stages"])
+    assert all((out / a["path"]).is_file() for a in manifest["artifacts"])
+    assert {a["path"] for a in manifest["artifacts"] if a["role"] == "mesh"} == {"mesh.glb", "mesh.ply", "mesh.obj"}
+    return manifest
+
+
+def losses(run: Path) -> list[float]:
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    return [e["loss"] for e in events if e.get("stage") == "distill" and "loss" in e]
+
+
+@pytest.mark.parametrize("name,method", [("sd15", "sds"), ("sd21", "vsd"), ("mvdream", "mv-recon"),
+                                         ("mvdream-ashawkey", "sds")])
+def test_text_to_3d_with_real_priors(name, method, tiny, tmp_path):
+    prior = "sd" if name.startswith("sd") else "mvdream"
+    manifest = run_job_cli(["text-to-3d", "a red cube", "--prior", prior, "--model-path", str(tiny[name]),
+                            "--method", method], "text-to-3d.yaml", tmp_path / "run",
+                           ["views.passes=[4]"] + DISTILL)
+    assert (manifest["config"]["prior"], manifest["config"]["model_path"]) == (prior, str(tiny[name]))
+    if method == "mv-recon":  # one set of MVDream's 4 views at the tiny model's 64 pixels, keyed alpha
+        views = [a["path"] for a in manifest["artifacts"] if a["path"].startswith("views/")]
+        assert views == [f"views/{i:03d}.png" for i in range(4)]
+        rgba = torch.from_numpy(np.array(Image.open(tmp_path / "run" / views[0])))
+        assert rgba.shape == (64, 64, 4) and rgba[..., 3].float().std() > 0
+    else:
+        assert len(losses(tmp_path / "run")) == 2 and all(np.isfinite(losses(tmp_path / "run")))
+        assert ("lora" in torch.load(tmp_path / "run" / "ckpt" / "distill.pt", weights_only=False)["state"]) == \
+               (method == "vsd")
+
+
+@pytest.mark.parametrize("method", ["nv-recon", "sds"])
+def test_image_to_3d_with_zero123(method, tiny, tmp_path):
+    manifest = run_job_cli(["image-to-3d", str(PHOTO), "--prior", "zero123", "--model-path", str(tiny["zero123xl"]),
+                            "--method", method], "image-to-3d.yaml", tmp_path / "run",
+                           ["views.passes=[2]"] + DISTILL)
+    assert manifest["config"]["prior"] == "zero123" and manifest["inputs"]["image"] == str(PHOTO)
+    if method == "nv-recon":  # the photo, then 2 generated views
+        assert sorted(a["path"] for a in manifest["artifacts"] if a["path"].startswith("views/")) == \
+               [f"views/{i:03d}.png" for i in range(3)]
+    else:
+        assert len(losses(tmp_path / "run")) == 2 and all(np.isfinite(losses(tmp_path / "run")))
+
+
+def test_fewview_reconstruct_with_zero123(tiny, tmp_path):
+    manifest = run_job_cli(["reconstruct", str(SCENE), "--views", "3", "--prior", "zero123"], "fewview.yaml",
+                           tmp_path / "run", [f"prior.model_path={tiny['zero123xl']}", "prior.novel_views=2"])
+    generated = [a["path"] for a in manifest["artifacts"] if a["path"].startswith("generated/")]
+    assert generated == ["generated/000.png", "generated/001.png"] and np.isfinite(manifest["metrics"]["psnr"])
+
+
+def test_converted_checkpoint_runs_image_to_3d(tmp_path):
+    """Stable Zero123 exists only as an original .ckpt: convert it, then a job on the folder (256 px)."""
+    path = tmp_path / "stable_zero123.ckpt"
+    save_original(original_checkpoint("zero123xl", tiny_tensors("zero123xl")), path)
+    folder = tmp_path / "stable-zero123"
+    assert main(["convert", str(path), "--from", "stable-zero123", "--out", str(folder)]) == 0
+    manifest = run_job_cli(["image-to-3d", str(PHOTO), "--prior", "zero123", "--model-path", str(folder),
+                            "--method", "sds"], "image-to-3d.yaml", tmp_path / "run",
+                           ["distill.steps=1"])
+    assert manifest["config"]["model_path"] == str(folder) and len(losses(tmp_path / "run")) == 1
+    assert json.loads((folder / "gen3d.json").read_text())["pose_encoding"] == "cond_polar"
+
+
+@pytest.mark.parametrize("name,kind,missing", [
+    ("sd15", "text-to-3d", "unet/config.json"),
+    ("mvdream", "text-to-3d", "scheduler/scheduler_config.json"),
+    ("zero123xl", "image-to-3d", "cc_projection/config.json"),
+], ids=["sd-unet", "mvdream-scheduler", "zero123-cc_projection"])
+def test_incomplete_folder_exits_2_naming_the_missing_file(name, kind, missing, tiny, tmp_path, capsys):
+    folder = copy_of(tiny[name], tmp_path)
+    shutil.rmtree(folder / missing.split("/")[0])  # the whole component folder
+    prior = spec(name)["prior"]
+    first = "a red cube" if kind == "text-to-3d" else str(PHOTO)
+    method = ["--method", "sds"] if prior == "sd" else []
+    out = tmp_path / "run"
+    assert main([kind, first, "--prior", prior, "--model-path", str(folder), *method, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {folder / missing}: missing (is --model-path the right kind of model folder?)"
+    assert not out.exists()  # no half-made run folder is left behind

@@ -106,6 +106,17 @@ def test_reconstruct_writes_a_complete_run(reference_run, scene_dir):
     assert len(mesh.faces) > 0 and np.abs(mesh.vertices).max() <= 1.0 + cell
 
 
+def test_scene_alpha_carves_the_occupancy_grid_to_the_visual_hull(reference_run):
+    """The scene's PNGs have alpha: the engine gets it, so the grid outside the sphere's hull is empty."""
+    state = torch.load(reference_run / "ckpt" / "train.pt", weights_only=True)["state"]["model"]
+    hull = state["renderer.occupancy.hull"]
+    centres = (torch.stack(torch.meshgrid(*[torch.arange(32)] * 3, indexing="ij"), -1) + 0.5) / 32 * 2 - 1
+    radius = centres.norm(dim=-1)
+    assert hull[radius < 0.6].all()  # the sphere is kept
+    shell = (radius > 0.9) & (radius < 1.1)  # seen as background by most views (corners may be out of frame)
+    assert hull[shell].float().mean() < 0.25 and hull.float().mean() < 0.5  # without alpha: 1.0 and 1.0
+
+
 def test_interrupted_reconstruction_resumes_to_identical_artifacts(reference_run, scene_dir, tmp_path):
     cfg = load_config(reconstruct.Config, CI_CONFIG)
     job = reconstruct.build_job(cfg, {"scene": str(scene_dir.resolve())}, 7)

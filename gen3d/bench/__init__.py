@@ -13,4 +13,5 @@ BENCHMARKS = {
     "samplers": "gen3d.bench.samplers",
     "shapeworld": "gen3d.bench.shapeworld",
     "text-to-3d": "gen3d.bench.text_to_3d",
+    "4d": "gen3d.bench.fourd",
 }

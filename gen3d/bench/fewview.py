@@ -2,9 +2,12 @@
 
 (a) ShapeWorld held-out objects seen by 1, 3 and 6 of 6 random training cameras, scored at the 8
 evaluation-orbit cameras; (b) the lego subset with 3, 6 and 9 views at 100x100, scored on its test
-split. "Without" runs the same pipeline, engine and config with `prior.name: null`. The prior never
-saw anything like lego and frames objects differently, so (b) reports honestly whether it helps.
-Rows: dataset, views, prior, psnr, ssim, mask_iou, seconds (whole run, prior already loaded).
+split. Each with the prior off (the same pipeline, engine and config with `prior.name: null`) and
+in both of its modes: cat3d (generated views at new cameras) and reconfusion (an SDS regulariser
+at random new cameras). The prior never saw anything like lego and frames objects differently, so
+(b) reports honestly whether it helps.
+Rows: dataset, views, prior (off, cat3d or reconfusion), psnr, ssim, mask_iou, seconds (whole run,
+prior already loaded).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from gen3d.config import load_config
 from gen3d.data import Scene, Split
 from gen3d.data.writer import write_nerfstudio
 from gen3d.pipelines import fewview
-from gen3d.pipelines.text_to_3d import cached_prior
+from gen3d.pipelines.common import cached_prior
 from gen3d.runs import run_job
 from gen3d.shapeworld.dataset import render_spec
 from gen3d.shapeworld.scenes import eval_cameras, sample_scene
 
 PRIOR = "shapeworld-mv"
+PRIOR_MODES = ("off",) + fewview.MODES
 SCENE_SEED = 7  # the held-out objects benchmarked (any fixed seed; never the prior's training draws)
 TRAIN_CAMERAS = 6
 LEGO = Path(__file__).resolve().parents[3] / "shared" / "data" / "nerf_synthetic_lego_subset"
@@ -57,10 +61,14 @@ def shapeworld_scene(index: int, size: int, out_dir: Path, seed: int = SCENE_SEE
     return write_nerfstudio(scene, out_dir)
 
 
-def run_one(scene: Path, views: int, prior: bool, overrides: list[str], out: Path) -> dict:
-    """One pipeline run; its held-out scores and wall-clock seconds."""
-    cfg = load_config(fewview.Config, None, ENGINE + overrides + [f"data.views={views}",
-                                                                   f"prior.name={PRIOR if prior else 'null'}"])
+def prior_overrides(mode: str) -> list[str]:
+    """The config keys of one of PRIOR_MODES."""
+    return ["prior.name=null"] if mode == "off" else [f"prior.name={PRIOR}", f"prior.mode={mode}"]
+
+
+def run_one(scene: Path, views: int, prior: str, overrides: list[str], out: Path) -> dict:
+    """One pipeline run with the prior off or in one of its modes; its held-out scores and wall-clock seconds."""
+    cfg = load_config(fewview.Config, None, ENGINE + overrides + [f"data.views={views}"] + prior_overrides(prior))
     start = time.perf_counter()
     run = run_job(fewview.build_job(cfg, {"scene": str(scene)}, seed=0), out, echo=lambda *_: None)
     metrics = run.manifest["metrics"]
@@ -71,7 +79,7 @@ def run_one(scene: Path, views: int, prior: bool, overrides: list[str], out: Pat
 def _mean_rows(rows: list[dict], dataset: str) -> list[dict]:
     out = []
     for views in sorted({r["views"] for r in rows}):
-        for prior in (False, True):
+        for prior in PRIOR_MODES:
             group = [r for r in rows if r["views"] == views and r["prior"] == prior]
             out.append({"dataset": dataset, "views": views, "prior": prior, "caption": "mean",
                         **{k: round(sum(r[k] for r in group) / len(group), 3) for k in ("psnr", "ssim", "mask_iou", "seconds")}})
@@ -91,13 +99,13 @@ def run(quick: bool, out_dir: Path) -> list[dict]:
         for index in range(objects):
             scene = shapeworld_scene(index, 64, tmp / f"sw{index}")
             for views in (1, 3, 6):
-                for prior in (False, True):
+                for prior in PRIOR_MODES:
                     row = run_one(scene, views, prior, common, tmp / f"run-sw{index}-{views}-{prior}")
                     sw_rows.append({"dataset": f"shapeworld-heldout-{index}", **row})
         rows += sw_rows + _mean_rows(sw_rows, "shapeworld-heldout")
         if LEGO.is_dir():
             for views in ((3,) if quick else (3, 6, 9)):
-                for prior in (False, True):
+                for prior in PRIOR_MODES:
                     row = run_one(LEGO, views, prior, common + ["data.size=[100,100]"], tmp / f"run-lego-{views}-{prior}")
                     rows.append({"dataset": "lego", **row})
     return rows

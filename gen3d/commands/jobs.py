@@ -52,7 +52,10 @@ def reconstruct(
     scene: Annotated[Path, typer.Argument(help="Scene folder: transforms.json, transforms_train.json or poses_bounds.npy.")],
     views: Annotated[int | None, typer.Option("--views", help="Train on K views (farthest-point sampling).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Training steps.")] = None,
-    prior: Annotated[str | None, typer.Option("--prior", help="Prior generating views at new cameras (e.g. shapeworld-mv).")] = None,
+    prior: Annotated[str | None, typer.Option("--prior", help="Few-view: a prior filling in unseen sides (e.g. shapeworld-mv).")] = None,
+    prior_mode: Annotated[str | None, typer.Option(
+        "--prior-mode", help="With --prior: cat3d (generated views at new cameras, default) or reconfusion "
+                             "(a score-distillation regulariser at random new cameras).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = 0,
@@ -61,8 +64,12 @@ def reconstruct(
 ) -> None:
     """Fit a radiance field to a posed scene, evaluate it on held-out views and export a mesh."""
     detect(scene)  # a missing or unrecognised scene folder fails here, before anything is written
+    if prior_mode is not None and prior is None:
+        raise UserError("--prior-mode needs --prior NAME (the prior the mode uses)")
     module = pipeline_module("reconstruct" if prior is None else "reconstruct-prior")
-    flags = {"data.views": views, "recon.steps": steps} | ({} if prior is None else {"prior.name": prior})
+    flags = {"data.views": views, "recon.steps": steps}
+    if prior is not None:
+        flags |= {"prior.name": prior, "prior.mode": prior_mode}
     cfg = load_config(module.Config, config, job_overrides(set_, **flags))
     launch_job(module.build_job(cfg, {"scene": str(scene.resolve())}, seed), out=out, dry=dry)
 

@@ -68,6 +68,7 @@ class MultiviewTrainConfig:
     # views of another, the layout text-to-4d samples with (the rest mix times freely)
     per_time_sets: float = 0.6
     init_from: str = ""  # a multi-view model folder to start from (e.g. the shipped prior's multiview/)
+    motion_steps: int = 1500  # 4D: steps fitting the motion head (caption, time -> object pose)
 
 
 @dataclass
@@ -158,14 +159,17 @@ class LatentSets:
     Everything random about batch `step` (set size N in [min_views, max_views], observed count K,
     scenes, views, captions, condition drops) comes from a generator seeded by (seed, step), so
     the data order survives a resume without any saved sampler state. With an animated cache
-    (`times` not None: views time-major, `cameras` per time) the sets carry clip times too.
+    (`times` not None: views time-major, `cameras` per time) the sets carry clip times too, and
+    every view's rays are given in the object's frame at its time (`poses`, the ground truth the
+    4D prior's motion head predicts at sampling time).
     """
 
     def __init__(self, latents: np.ndarray, c2w: np.ndarray, captions: np.ndarray, fov_y_deg: float,
-                 text, cfg: MultiviewTrainConfig, seed: int, times: np.ndarray | None = None, cameras: int = 0):
+                 text, cfg: MultiviewTrainConfig, seed: int, times: np.ndarray | None = None, cameras: int = 0,
+                 poses: np.ndarray | None = None):
         self.latents, self.c2w, self.captions = latents, c2w, captions
         self.fov_y_deg, self.text, self.cfg, self.seed = fov_y_deg, text, cfg, seed
-        self.times, self.cameras = times, cameras
+        self.times, self.cameras, self.poses = times, cameras, poses
 
     def shape_of(self, step: int) -> tuple[np.random.Generator, int, int, int, bool]:
         """(rng, N targets, K observed, global sets, per-time layout) of batch `step`."""
@@ -194,6 +198,7 @@ class LatentSets:
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, dict]:
         from gen3d.cameras import from_fov
+        from gen3d.models.motion import object_frame_plucker
         from gen3d.models.shapeworld_prior import make_cond, plucker_maps
         from gen3d.models.text import TextEmbedding
 
@@ -215,16 +220,21 @@ class LatentSets:
             c2w = gather(self.c2w, views).reshape(-1, 4, 4)
             return from_fov(c2w, self.fov_y_deg, 64, 64)
 
+        def rays(views: np.ndarray) -> torch.Tensor:
+            if self.poses is None:
+                return plucker_maps(cams(views))
+            return object_frame_plucker(cams(views).resized(16, 16), gather(self.poses, views).reshape(-1, 5))
+
         x0 = gather(self.latents, targets).flatten(0, 1)
         captions = ["" if dropped else str(self.captions[s, c]) for s, c, dropped in zip(scenes, caption_pick, drop_text)]
         emb = self.text.encode(captions)
         text = TextEmbedding(*(t.repeat_interleave(n, 0) for t in (emb.tokens, emb.mask, emb.pooled)))
-        obs_pl = plucker_maps(cams(observed)).view(len(scenes), k, 6, *x0.shape[-2:]) if k else \
+        obs_pl = rays(observed).view(len(scenes), k, 6, *x0.shape[-2:]) if k else \
             torch.zeros(len(scenes), 0, 6, *x0.shape[-2:])
         times = obs_times = None
         if self.times is not None:
             times, obs_times = gather(self.times, targets).flatten(), gather(self.times, observed)
-        cond = make_cond(text, plucker_maps(cams(targets)), n, gather(self.latents, observed),
+        cond = make_cond(text, rays(targets), n, gather(self.latents, observed),
                          obs_pl, torch.from_numpy(~drop_obs), times, obs_times)
         return x0, cond
 
@@ -286,7 +296,8 @@ def _multiview_stage(ctx) -> None:
                         f"({'animated' if animated else 'static'} scenes)")
     sets = LatentSets(latents, dataset.c2w, _used_captions(cfg), float(dataset.params["fov_y_deg"]),
                       TextEncoder(cache_file=_text_cache(cfg)), cfg.multiview, ctx.seed,
-                      dataset.times if animated else None, int(dataset.params["views"]))
+                      dataset.times if animated else None, int(dataset.params["views"]),
+                      _view_poses(dataset) if animated else None)
     rank, world = rank_and_world()
     schedule = noise_schedule()
     model = MultiViewDenoiser(cfg.multiview.model)
@@ -304,6 +315,39 @@ def _multiview_stage(ctx) -> None:
         save_loss_curve(trainer.losses, ctx.path / "loss_multiview.png", "multi-view diffusion loss")
         ctx.add_artifact("loss_multiview.png", "curve")
         ctx.set_metrics(final_loss=round(float(np.mean(trainer.losses[-100:])), 5), steps=len(trainer.losses))
+
+
+def _view_poses(dataset) -> np.ndarray:
+    """Ground-truth object pose (scenes, views, 5) of every view of an animated cache."""
+    import json
+
+    from gen3d.shapeworld.animated import pose_at
+
+    motions = [json.loads(spec)["motion"] for spec in dataset.specs]
+    return np.stack([[pose_at(m, float(t)) for t in row] for m, row in zip(motions, dataset.times)]).astype(np.float32)
+
+
+def _motion_stage(ctx) -> None:
+    """Fit the 4D prior's motion head to the ground-truth poses of the training captions."""
+    import json
+
+    from gen3d.models.motion import train_motion_head
+    from gen3d.models.text import TextEncoder
+    from gen3d.shapeworld.animated import pose_at
+
+    cfg: TrainConfig = ctx.config
+    dataset = _cache_images(cfg)
+    captions = _used_captions(cfg)
+    motions = np.repeat([json.loads(spec)["motion"] for spec in dataset.specs], captions.shape[1])
+    pooled = TextEncoder(cache_file=_text_cache(cfg)).encode(captions.reshape(-1).tolist()).pooled
+
+    def poses(index: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.stack([pose_at(motions[i], float(x)) for i, x in zip(index.tolist(), t)])).float()
+
+    head, losses = train_motion_head(pooled, poses, cfg.multiview.motion_steps, ctx.generator)
+    head.save_pretrained(ctx.path / "motion")
+    ctx.set_metrics(motion_loss=round(float(np.mean(losses[-50:])), 6))
+    ctx.log(f"motion head: {len(losses)} steps, final pose MSE {np.mean(losses[-50:]):.2e}")
 
 
 def _initialise_from(model, folder: Path) -> None:
@@ -326,13 +370,15 @@ def _prior_stage(ctx) -> None:
                         "init_from": cfg.multiview.init_from or None,
                         "steps": cfg.multiview.optim.steps, "scenes": cfg.data.scenes}}
     name = "shapeworld-4d" if cfg.multiview.model.clip_time else "shapeworld-mv"
+    extras = {"motion": ctx.path / "motion"} if cfg.multiview.model.clip_time else {}
     manifest = export_prior(ctx.path / "prior", load_autoencoder(Path(shipped)),
-                            MultiViewDenoiser.from_pretrained(ctx.path / "multiview"), info, name)
+                            MultiViewDenoiser.from_pretrained(ctx.path / "multiview"), info, name, extras)
     ctx.log(f"prior folder written: {len(manifest['files'])} files")
 
 
-def _multiview_stages() -> list[Stage]:
-    return [Stage("text", _text_stage, lambda job: 60.0),
+def _multiview_stages(animated: bool) -> list[Stage]:
+    motion = [Stage("motion", _motion_stage, lambda job: job.config.multiview.motion_steps * 0.01)] if animated else []
+    return [Stage("text", _text_stage, lambda job: 60.0), *motion,
             Stage("latents", _latents_stage, lambda job: job.config.data.scenes * 0.002),
             Stage("multiview", _multiview_stage, lambda job: job.config.multiview.optim.steps * 0.5),
             Stage("prior", _prior_stage, lambda job: 10.0)]
@@ -357,7 +403,7 @@ def build_job(cfg: TrainConfig, inputs: dict, seed: int) -> Job:
     if cfg.model == "autoencoder":
         stages.append(Stage("autoencoder", _autoencoder_stage, lambda job: job.config.autoencoder.optim.steps * 0.3))
     else:
-        stages += _multiview_stages()
+        stages += _multiview_stages(cfg.multiview.model.clip_time)
     stages = [Stage(s.name, _then_barrier(s.run), s.estimate_seconds) for s in stages]
     return Job(kind="train", config=cfg, inputs=inputs, seed=seed, stages=stages, slug=cfg.model)
 

@@ -11,9 +11,11 @@ to the caption's MiniLM tokens; the timestep embedding plus the pooled caption m
 every residual block (scale-shift). Only the target slots' outputs (v-prediction) are returned.
 
 A 4D model (`clip_time=True`, the `shapeworld-4d` prior) also gives every slot its own clip time
-t in [0, 1] (targets: `times`, observed: `obs_times`), embedded and added to that slot's
-modulation, so one set can hold views of the same object at different moments (CAT4D style).
-Its extra layers start at zero, so a 4D model initialised from a multi-view one computes exactly
+t in [0, 1] (targets: `times`, observed: `obs_times`), so one set can hold views of the same
+object at different moments (CAT4D style). Smooth Fourier features of t, together with the
+pooled caption (which names the motion), go through an MLP into that slot's modulation: where
+an object is at time t depends on what the caption says it does, so the MLP sees both. Its
+output layer starts at zero, so a 4D model initialised from a multi-view one computes exactly
 the multi-view model until fine-tuning teaches it motion.
 
 Inputs arrive as a flat stack of target views (the `Prior` convention) with per-view
@@ -23,21 +25,15 @@ equal in both branches) says how many consecutive rows form one set.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from gen3d.errors import UserError
-from gen3d.runs.folder import atomic_output, atomic_write_json
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from gen3d.models.pretrained import load_folder, save_folder
 
 
 @dataclass
@@ -59,6 +55,15 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+CLIP_TIME_FREQUENCIES = 6
+
+
+def clip_time_features(t: Tensor) -> Tensor:
+    """sin and cos of 2^k * pi * t for k < CLIP_TIME_FREQUENCIES: smooth over the clip t in [0, 1]."""
+    angles = t.float()[:, None] * math.pi * 2.0 ** torch.arange(CLIP_TIME_FREQUENCIES, dtype=torch.float32, device=t.device)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], 1)
 
 
 class ResBlock(nn.Module):
@@ -148,7 +153,8 @@ class MultiViewDenoiser(nn.Module):
         self.text_proj = nn.Linear(cfg.text_dim, cfg.emb_dim)
         self.clip_time_mlp = None
         if cfg.clip_time:
-            self.clip_time_mlp = nn.Sequential(nn.Linear(ch[0], cfg.emb_dim), nn.SiLU(), nn.Linear(cfg.emb_dim, cfg.emb_dim))
+            self.clip_time_mlp = nn.Sequential(nn.Linear(2 * CLIP_TIME_FREQUENCIES + cfg.text_dim, cfg.emb_dim), nn.SiLU(),
+                                               nn.Linear(cfg.emb_dim, cfg.emb_dim))
             nn.init.zeros_(self.clip_time_mlp[-1].weight)
             nn.init.zeros_(self.clip_time_mlp[-1].bias)
         attn = [i >= cfg.attention_from_level for i in range(len(ch))]
@@ -185,7 +191,8 @@ class MultiViewDenoiser(nn.Module):
             if times is None or obs_times is None:
                 raise ValueError("a clip-time (4D) model needs `times` and `obs_times`")
             slot_times = torch.cat([times.view(sets, n_target), obs_times[first]], 1).flatten()
-            emb = emb + self.clip_time_mlp(timestep_embedding(slot_times * 1000.0, self.cfg.channels[0]))
+            caption = text_pooled[first].repeat_interleave(slots, 0)
+            emb = emb + self.clip_time_mlp(torch.cat([clip_time_features(slot_times), caption], 1))
         text = text_tokens[first].repeat_interleave(slots, 0)
         text_mask = text_mask[first].repeat_interleave(slots, 0)
         h = self.conv_in(h)
@@ -207,25 +214,8 @@ class MultiViewDenoiser(nn.Module):
     # ---- folder convention: config.json + model.safetensors --------------------------------
 
     def save_pretrained(self, folder: Path, dtype: torch.dtype = torch.float32) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
-        with atomic_output(folder / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp))
-        atomic_write_json(folder / CONFIG_NAME, asdict(self.cfg))
+        save_folder(self, self.cfg, folder, dtype)
 
     @classmethod
     def from_pretrained(cls, folder: Path) -> MultiViewDenoiser:
-        folder = Path(folder)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise UserError(f"{folder / name}: missing (not a multi-view model folder)")
-        try:
-            raw = json.loads((folder / CONFIG_NAME).read_text())
-            cfg = MVConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise UserError(f"{folder / CONFIG_NAME}: not a multi-view model config ({exc})") from None
-        model = cls(cfg)
-        state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS_NAME)).items()}
-        model.load_state_dict(state)
-        return model.eval()
+        return load_folder(folder, cls, MVConfig, "multi-view model")

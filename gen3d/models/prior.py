@@ -6,8 +6,8 @@ classifier-free guidance, which stacks branches along dim 0, and score distillat
 unchanged; the diffusion time is shared within a set (`group=views_per_set` in the losses).
 A single-view prior has views_per_set = 1.
 
-Images in and out are RGBA in [0, 1], (V, 4, H, W) (straight alpha; priors without alpha
-return alpha = 1).
+Images in and out are RGBA in [0, 1], (V, 4, H, W) (straight alpha; priors whose decoder has no
+alpha key it from the backdrop colour, gen3d's rule for generated views).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class Observed:
 
     images: Tensor  # (K, 4, H, W) RGBA in [0, 1]
     cameras: Cameras
+    times: Tensor | None = None  # (K,) clip times in [0, 1], for 4D priors (None: time 0)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Prior(abc.ABC):
 #: loaders that take a third argument also receive the PriorOptions.
 PRIORS: dict[str, str] = {
     "shapeworld-mv": "gen3d.models.shapeworld_prior:load",
+    "shapeworld-4d": "gen3d.models.shapeworld_4d:load",
     "sd": "gen3d.models.adapters.sd:load_sd",
     "zero123": "gen3d.models.adapters.zero123:load_zero123",
     "mvdream": "gen3d.models.adapters.mvdream:load_mvdream",

@@ -54,20 +54,26 @@ def plucker_maps(cams: Cameras) -> Tensor:
 
 
 def make_cond(text: TextEmbedding, plucker_targets: Tensor, views: int, obs_latents: Tensor,
-              obs_plucker: Tensor, obs_present: Tensor) -> Cond:
+              obs_plucker: Tensor, obs_present: Tensor, times: Tensor | None = None,
+              obs_times: Tensor | None = None) -> Cond:
     """Per-target-row conditioning for `MultiViewDenoiser` from per-set observed views.
 
     text: one row per target view; obs_latents (S, K, 4, h, w), obs_plucker (S, K, 6, h, w),
-    obs_present (S,) bool (False = the set's observed views are dropped) for S sets of `views`.
+    obs_present (S,) bool (False = the set's observed views are dropped) for S sets of `views`;
+    a 4D model also takes clip times per target row (S*N,) and per observed view (S, K).
     """
     def per_row(t: Tensor) -> Tensor:
         return t.repeat_interleave(views, 0)
 
     k = obs_latents.shape[1]
     mask = obs_present.float()[:, None].expand(-1, k)
-    return {"views": views, "plucker": plucker_targets, "obs_latents": per_row(obs_latents),
+    cond = {"views": views, "plucker": plucker_targets, "obs_latents": per_row(obs_latents),
             "obs_mask": per_row(mask), "obs_plucker": per_row(obs_plucker), "text_tokens": text.tokens,
             "text_mask": text.mask, "text_pooled": text.pooled}
+    if times is not None:
+        cond["times"] = times.float()
+        cond["obs_times"] = per_row(obs_times.float())
+    return cond
 
 
 class ShapeWorldPrior(Prior):
@@ -78,7 +84,7 @@ class ShapeWorldPrior(Prior):
 
     def __init__(self, autoencoder: AutoencoderKL, net: MultiViewDenoiser, text: TextEncoder | None = None):
         self.autoencoder = autoencoder.eval().requires_grad_(False)
-        self.net = net.eval().requires_grad_(False)
+        self.net = self.network = net.eval().requires_grad_(False)
         self.text = text or TextEncoder()
         self.denoiser = Denoiser(self.net, noise_schedule(), "v")
 
@@ -99,7 +105,15 @@ class ShapeWorldPrior(Prior):
     def decode(self, latents: Tensor) -> Tensor:
         return decode_rgba(self.autoencoder, latents)
 
-    def condition(self, prompt: str | None, cameras: Cameras, observed: Observed | None = None) -> tuple[Cond, Cond]:
+    def ray_maps(self, cameras: Cameras, prompt: str | None, times: Tensor) -> Tensor:
+        """The network's per-view camera input: world-space Plücker maps (a static world ignores
+        the prompt and times; the 4D prior gives rays in the moving object's frame)."""
+        return plucker_maps(cameras)
+
+    def condition(self, prompt: str | None, cameras: Cameras, observed: Observed | None = None,
+                  times: Tensor | None = None) -> tuple[Cond, Cond]:
+        """`times` (clip time per target view, default 0; observed views carry theirs in
+        `observed.times`) reach only a 4D network; a multi-view network has no notion of time."""
         n = len(cameras)
         views = self.set_size(n)
         sets = n // views
@@ -111,10 +125,18 @@ class ShapeWorldPrior(Prior):
         else:
             with torch.no_grad():
                 obs_lat = self.encode(observed.images.float())[None].expand(sets, -1, -1, -1, -1)
-            obs_pl = plucker_maps(observed.cameras)[None].expand(sets, -1, -1, -1, -1)
-        pl = plucker_maps(cameras)
-        cond = make_cond(self.text.encode([prompt or ""] * n), pl, views, obs_lat, obs_pl, torch.ones(sets, dtype=torch.bool))
-        uncond = make_cond(self.text.empty(n), pl, views, obs_lat, obs_pl, torch.zeros(sets, dtype=torch.bool))
+            obs_times = observed.times if observed.times is not None else torch.zeros(len(observed.images))
+            obs_pl = self.ray_maps(observed.cameras, prompt, obs_times.float().cpu())[None].expand(sets, -1, -1, -1, -1)
+        times = torch.zeros(n) if times is None else times.float().cpu()
+        pl = self.ray_maps(cameras, prompt, times)
+        clip = {}
+        if self.net.cfg.clip_time:
+            k = obs_lat.shape[1]
+            obs_t = observed.times if observed is not None and observed.times is not None else torch.zeros(k)
+            clip = {"times": times, "obs_times": obs_t.float().cpu()[None].expand(sets, -1)}
+        cond = make_cond(self.text.encode([prompt or ""] * n), pl, views, obs_lat, obs_pl,
+                         torch.ones(sets, dtype=torch.bool), **clip)
+        uncond = make_cond(self.text.empty(n), pl, views, obs_lat, obs_pl, torch.zeros(sets, dtype=torch.bool), **clip)
         return cond, uncond
 
     @torch.no_grad()
@@ -154,11 +176,11 @@ def _chain_observed(observed: Observed | None, cameras: Cameras, outputs: list[T
 
 # ---- shipped folder: manifest + sha256 -----------------------------------------------------
 
-def write_manifest(folder: Path) -> dict:
+def write_manifest(folder: Path, name: str = "shapeworld-mv") -> dict:
     """Record every file under `folder` (except the manifest) with its sha256."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest = {"name": "shapeworld-mv", "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}}
+    manifest = {"name": name, "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}}
     atomic_write_json(folder / MANIFEST, manifest)
     return manifest
 
@@ -168,7 +190,7 @@ def verify_folder(folder: Path) -> None:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise UserError(f"{path}: missing; not a shapeworld-mv prior folder")
+        raise UserError(f"{path}: missing; not a bundled prior folder")
     try:
         files = json.loads(path.read_text())["files"]
     except (json.JSONDecodeError, KeyError):
@@ -180,8 +202,10 @@ def verify_folder(folder: Path) -> None:
             raise UserError(f"{folder / name}: sha256 does not match {path} (corrupted or modified)")
 
 
-def export_prior(folder: Path, autoencoder: AutoencoderKL, net: MultiViewDenoiser, info: dict) -> dict:
-    """Write the shippable folder (fp16 weights, configs, prior.json, manifest.json) from scratch."""
+def export_prior(folder: Path, autoencoder: AutoencoderKL, net: MultiViewDenoiser, info: dict,
+                 name: str = "shapeworld-mv", extras: dict[str, Path] | None = None) -> dict:
+    """Write the shippable folder (fp16 weights, configs, prior.json, manifest.json) from scratch;
+    `extras` are further model folders copied in under their names (the 4D prior's motion head)."""
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
@@ -190,17 +214,25 @@ def export_prior(folder: Path, autoencoder: AutoencoderKL, net: MultiViewDenoise
     ae16.load_state_dict(autoencoder.state_dict())
     ae16.to(torch.float16).save_pretrained(folder / "autoencoder")
     net.save_pretrained(folder / "multiview", dtype=torch.float16)
+    for extra_name, source in (extras or {}).items():
+        shutil.copytree(source, folder / extra_name)
     atomic_write_json(folder / PRIOR_CONFIG, {"schedule": SCHEDULE, "prediction": "v", "image_size": IMAGE_SIZE,
                                               "latent_size": LATENT_SIZE, "guidance": DEFAULT_GUIDANCE, **info})
-    return write_manifest(folder)
+    return write_manifest(folder, name)
+
+
+def load_folder(folder: Path, device: str = "cpu") -> tuple[AutoencoderKL, MultiViewDenoiser]:
+    """The autoencoder and network of a shipped-layout prior folder, sha256-checked."""
+    verify_folder(folder)
+    autoencoder = AutoencoderKL.from_pretrained(folder / "autoencoder", torch_dtype=torch.float32, low_cpu_mem_usage=False).to(device)
+    return autoencoder, MultiViewDenoiser.from_pretrained(folder / "multiview").to(device)
 
 
 def load(model_path: Path | None = None, device: str = "cpu") -> ShapeWorldPrior:
     """The prior from `model_path` (default: the weights shipped in the package), sha256-checked."""
-    folder = ASSETS if model_path is None else Path(model_path)
-    verify_folder(folder)
-    autoencoder = AutoencoderKL.from_pretrained(folder / "autoencoder", torch_dtype=torch.float32, low_cpu_mem_usage=False).to(device)
-    net = MultiViewDenoiser.from_pretrained(folder / "multiview").to(device)
+    autoencoder, net = load_folder(ASSETS if model_path is None else Path(model_path), device)
+    if net.cfg.clip_time:
+        raise UserError(f"{model_path}: a 4D prior, not a multi-view one (use --prior shapeworld-4d)")
     return ShapeWorldPrior(autoencoder, net)
 
 

@@ -43,11 +43,11 @@ class TextEmbedding:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def to(self, device) -> "TextEmbedding":
+    def to(self, device) -> TextEmbedding:
         return TextEmbedding(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
 
     @staticmethod
-    def cat(items: list["TextEmbedding"]) -> "TextEmbedding":
+    def cat(items: list[TextEmbedding]) -> TextEmbedding:
         """Stack batches, e.g. conditional and unconditional rows for classifier-free guidance."""
         return TextEmbedding(*(torch.cat([getattr(e, k) for e in items]) for k in ("tokens", "mask", "pooled")))
 

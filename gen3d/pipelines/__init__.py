@@ -18,6 +18,8 @@ PIPELINES = {
     "reconstruct": "gen3d.pipelines.reconstruct",
     "text-to-3d": "gen3d.pipelines.text_to_3d",
     "image-to-3d": "gen3d.pipelines.image_to_3d",
+    "text-to-4d": "gen3d.pipelines.text_to_4d",
+    "image-to-4d": "gen3d.pipelines.image_to_4d",
     "reconstruct-prior": "gen3d.pipelines.fewview",
     "selftest": "gen3d.server.selftest",
     "train": "gen3d.commands.train",

@@ -1,6 +1,8 @@
-"""Pieces several pipelines share: PNG saving, generated views (sampling in passes, saving, reading
-back), fitting the engine on generated views, and the export of a field (mesh, point cloud,
-turntable, renders at the evaluation orbit).
+"""Pieces several pipelines share: the loaded prior and the stage-cost constants behind estimates,
+the engine and export configs for single objects, PNG saving, generated views (sampling in passes,
+saving, reading back), differentiable renders for score distillation, fitting the engine on
+generated views, and the export of a field (mesh, point cloud, turntable, renders at the
+evaluation orbit).
 
 Generated views are always read back from their PNGs before fitting, so a fresh run and a resumed
 one fit exactly the same 8-bit images.
@@ -9,6 +11,7 @@ one fit exactly the same 8-bit images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import trimesh
 from PIL import Image
 from torch import Tensor
@@ -33,8 +37,8 @@ from gen3d.export import (
     write_video,
 )
 from gen3d.fields.nerf import NerfField
-from gen3d.models.prior import Observed, Prior
-from gen3d.recon import ReconTrainer
+from gen3d.models.prior import Observed, Prior, load_prior
+from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.render.volume import VolumeRenderer
 from gen3d.runs import StageContext, atomic_output
 
@@ -43,6 +47,17 @@ MeshFormat = Literal["glb", "ply", "obj"]
 # CPU costs on 2 cores behind export estimates (marching cubes + cleaning, mesh turntable frames)
 SECONDS_PER_GRID_POINT = 3e-7
 SECONDS_PER_TURNTABLE_PIXEL = 6e-6
+
+# CPU costs behind the estimates of jobs with the bundled prior, measured with text-to-3d's default
+# config on the 2-core dev machine while other jobs shared it (one torch thread: faster there than
+# two); re-measure when the prior or the engine changes.
+PRIOR_LOAD_SECONDS = 3.0
+SECONDS_PER_VIEW_STEP = 0.025  # one sampler step for one generated view (CFG: two network rows)
+SECONDS_PER_FIT_RAY = 1.2e-4
+SECONDS_PER_RENDER_PIXEL = 1.2e-4  # evaluation-orbit renders of the field
+MESH_CLEAN_SECONDS = 2.0  # cleaning and decimating the marching-cubes mesh to export.target_faces
+SECONDS_PER_DISTILL_PIXEL = 8.2e-5  # one rendered pixel per score-distillation step (render + backward)
+SECONDS_PER_DISTILL_VIEW = 0.0375  # one view through encode + guided denoiser per score-distillation step
 
 
 @dataclass
@@ -62,6 +77,54 @@ class ExportConfig:
 
 def estimate_export_seconds(e: ExportConfig) -> float:
     return e.resolution**3 * SECONDS_PER_GRID_POINT + e.turntable_frames * e.turntable_size**2 * SECONDS_PER_TURNTABLE_PIXEL
+
+
+# --- single objects with a prior: shared configs and estimates --------------------------------------
+
+@functools.lru_cache(maxsize=2)
+def cached_prior(name: str, model_path: str | None) -> Prior:
+    """Priors are frozen, so one loaded copy serves every job in the process (tests, benchmarks)."""
+    return load_prior(name, None if model_path is None else Path(model_path))
+
+
+def object_recon_config() -> ReconConfig:
+    """The engine for generated views of one object in ShapeWorld's framing: white background,
+    view-independent colour, mask loss on alpha, random backgrounds while training."""
+    recon = ReconConfig(steps=150, batch_rays=1024, mask_loss_weight=1.0)
+    recon.field.view_dependent = False
+    recon.field.encoding.kind = "hash"
+    recon.field.encoding.hash.levels = 8
+    recon.field.encoding.hash.log2_table = 14
+    recon.field.encoding.hash.max_resolution = 128
+    recon.render.aabb = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
+    recon.render.near, recon.render.far = 1.0, 4.0
+    recon.render.step_size = 0.04
+    recon.render.background = "random"
+    recon.render.occupancy.resolution = 32
+    recon.render.occupancy.warmup_steps = 32
+    recon.optim.lr = 0.02
+    return recon
+
+
+def object_export_config() -> ExportConfig:
+    """Export sized for one small object: a 64^3 grid, 20k faces, a short 128-pixel turntable."""
+    return ExportConfig(resolution=64, threshold=5.0, target_faces=20_000, pointcloud_points=5_000,
+                        turntable_frames=24, turntable_size=128, video=True, gif=True)
+
+
+def estimate_views_seconds(views: int, steps: int) -> float:
+    """Loading the prior and sampling `views` generated views in `steps` sampler steps."""
+    return PRIOR_LOAD_SECONDS + views * steps * SECONDS_PER_VIEW_STEP
+
+
+def estimate_fit_seconds(recon: ReconConfig) -> float:
+    """The engine's fit on generated views."""
+    return recon.steps * recon.batch_rays * SECONDS_PER_FIT_RAY
+
+
+def estimate_object_export_seconds(export: ExportConfig, render_size: int) -> float:
+    """`export_field` plus cleaning plus the 8 evaluation-orbit renders of `save_renders`."""
+    return estimate_export_seconds(export) + MESH_CLEAN_SECONDS + 8 * render_size**2 * SECONDS_PER_RENDER_PIXEL
 
 
 def save_png(image: Tensor, path: Path) -> None:
@@ -152,12 +215,51 @@ def load_views(run_path: Path) -> tuple[Tensor, Cameras]:
     return images, from_fov(torch.tensor(record["c2w"], dtype=torch.float32), record["fov_y_deg"], width, height)
 
 
+# --- differentiable renders for score distillation -------------------------------------------------
+
+PriorBackground = Literal["alpha", "white", "random"]
+
+
+def flat_rays(cams: Cameras) -> tuple[Tensor, Tensor]:
+    """Origins and directions (V*H*W, 3) through every pixel centre of `cams`, view after view."""
+    origins, dirs = generate_rays(cams)
+    return origins.reshape(-1, 3), dirs.reshape(-1, 3)
+
+
+def random_orbit_set(count: int, elevation_range: list[float], radius: float, fov_y_deg: float, size: int,
+                     generator: torch.Generator) -> tuple[Cameras, list[float]]:
+    """One multi-view set for score distillation: `count` azimuths evenly spaced from a random
+    offset, one random elevation in [min, max] degrees shared by the set; and the azimuths."""
+    lo, hi = elevation_range
+    offset, elevation = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+    azimuths = [(360.0 * (offset + k / count)) % 360.0 for k in range(count)]
+    return orbit([lo + elevation * (hi - lo)] * count, azimuths, radius, fov_y_deg, size, size), azimuths
+
+
+def render_for_prior(renderer: VolumeRenderer, field, cams: Cameras, background: PriorBackground,
+                     generator: torch.Generator, size: int) -> Tensor:
+    """Differentiable RGBA (V, 4, size, size) of `field` at square `cams`, upsampled to the prior's
+    image size. background alpha: straight colour and coverage, so the prior's own compositing sees
+    premult + (1 - a); white or random: composited onto that colour, alpha 1."""
+    origins, dirs = flat_rays(cams)
+    out = renderer.render_rays(field, origins, dirs, torch.zeros(3), generator=generator)
+    n, s = len(cams), cams.height
+    premult = out["rgb"].reshape(n, s, s, 3).permute(0, 3, 1, 2)
+    alpha = out["opacity"].reshape(n, 1, s, s)
+    if background == "alpha":
+        rgba = torch.cat([premult / alpha.clamp_min(1e-4), alpha], 1)
+    else:
+        color = torch.ones(3) if background == "white" else torch.rand(3, generator=generator)
+        rgba = torch.cat([premult + color[:, None, None] * (1 - alpha), torch.ones_like(alpha)], 1)
+    return F.interpolate(rgba, size=(size, size), mode="bilinear", align_corners=False)
+
+
 # --- rendering and export of a field -------------------------------------------------------------
 
 @torch.no_grad()
 def render_images(field: NerfField, renderer: VolumeRenderer, cameras: Cameras, chunk: int = 16384) -> dict[str, Tensor]:
     """Whole images onto the renderer's fixed background: rgb (N, H, W, 3), opacity (N, H, W)."""
-    origins, dirs = (t.reshape(-1, 3) for t in generate_rays(cameras))
+    origins, dirs = flat_rays(cameras)
     background = renderer.background(1)[0].detach()
     parts = [renderer.render_rays(field, origins[s:s + chunk], dirs[s:s + chunk], background)
              for s in range(0, len(origins), chunk)]
@@ -228,14 +330,17 @@ def fit_views(ctx: StageContext, make_trainer: TrainerFactory) -> None:
 
 
 def train_checkpointed(ctx: StageContext, trainer: ReconTrainer, total: int, checkpoint_every: int,
-                       log_every: int) -> None:
-    """Run `total` trainer steps as the stage's resumable loop, logging loss and training PSNR, and
-    record the stage's final checkpoint as an artifact."""
-    for step in ctx.steps(total, every=checkpoint_every, state=trainer.state_dict,
-                          restore=trainer.load_state_dict):
-        stats = trainer.step()
-        if (step + 1) % log_every == 0 or step + 1 == total:
-            ctx.event(step + 1, total, loss=stats["loss"], train_psnr=stats["psnr"])
+                       log_every: int, step: Callable[[], dict[str, float]] | None = None) -> None:
+    """Run `total` training steps as the stage's resumable loop, logging loss, training PSNR and any
+    other stats, and record the stage's final checkpoint as an artifact. `step` (default
+    `trainer.step`) may do more than the trainer's step, as long as all its state is the trainer's."""
+    step = step or trainer.step
+    for index in ctx.steps(total, every=checkpoint_every, state=trainer.state_dict,
+                           restore=trainer.load_state_dict):
+        stats = step()
+        if (index + 1) % log_every == 0 or index + 1 == total:
+            extra = {k: v for k, v in stats.items() if k not in ("loss", "psnr")}
+            ctx.event(index + 1, total, loss=stats["loss"], train_psnr=stats["psnr"], **extra)
     ctx.add_artifact(ctx.run.checkpoint_path(ctx.stage), "checkpoint")
 
 

@@ -1,17 +1,24 @@
-"""`reconstruct --prior`: few-view reconstruction helped by the multi-view prior (CAT3D style).
+"""`reconstruct --prior`: few-view reconstruction helped by the multi-view prior, in one of two
+modes (`prior.mode`, or `--prior-mode`):
 
-The prior generates views at new cameras on an orbit around the scene, each set conditioned on
-the observed views nearest to it; the engine then fits the observed and the generated views
-together, the generated ones down-weighted (`prior.weight`), so the prior fills in what the few
-photos never saw without overruling what they did.
+- cat3d (default, CAT3D style): the prior generates views at new cameras on an orbit around the
+  scene, each set conditioned on the observed views nearest to it; the engine then fits the
+  observed and the generated views together, the generated ones down-weighted (`prior.weight`),
+  so the prior fills in what the few photos never saw without overruling what they did.
+- reconfusion (ReconFusion style): nothing is generated; the engine fits the observed views, and
+  after every `prior.sds.every` reconstruction steps a score-distillation step (SDS through the
+  prior, as text-to-3d's sds method) pulls renders at a random set of novel cameras towards what
+  the prior, conditioned on the observed views nearest to them, finds likely. It is its own
+  optimiser step on the same field and optimiser (the engine's step owns its loss), weighted by
+  `prior.sds.weight`.
 
 The prior was trained at radius 2.5 around objects centred at the origin, so the scene's cameras
 are mapped to that radius (scaled about the origin) before they reach the prior; generated views
-come back at the scene's cameras and image size. With `prior.name: null` no views are generated:
-the same stages, engine and config as the plain engine, which is the benchmark's baseline.
+come back at the scene's cameras and image size. With `prior.name: null` the prior is off: the
+same engine and config as the plain engine, which is the benchmark's baseline.
 
-Stages: load -> views -> train -> evaluate (PSNR, SSIM and, where held-out views have alpha, mask
-IoU) -> export. load, evaluate's PSNR/SSIM and export are `reconstruct`'s own.
+Stages: load -> views (cat3d only) -> train -> evaluate (PSNR, SSIM and, where held-out views have
+alpha, mask IoU) -> export. load, evaluate's PSNR/SSIM and export are `reconstruct`'s own.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,37 +38,71 @@ from torch import Tensor
 from gen3d.cameras import Cameras, orbit
 from gen3d.data import Split
 from gen3d.data.images import resize
+from gen3d.diffusion.distill import anneal_t_range, sds_loss
+from gen3d.errors import UserError
 from gen3d.export.metrics import mask_iou
 from gen3d.models.prior import Observed, Prior
 from gen3d.pipelines import reconstruct
-from gen3d.pipelines.common import read_png, save_png, train_checkpointed
-from gen3d.pipelines.text_to_3d import (
-    PRIOR_LOAD_SECONDS,
-    SECONDS_PER_VIEW_STEP,
+from gen3d.pipelines.common import (
+    SECONDS_PER_DISTILL_PIXEL,
+    SECONDS_PER_DISTILL_VIEW,
     cached_prior,
+    estimate_views_seconds,
+    random_orbit_set,
+    read_png,
+    render_for_prior,
+    save_png,
+    train_checkpointed,
 )
 from gen3d.recon import ReconTrainer
 from gen3d.recon.trainer import premultiply
-from gen3d.runs import Job, Stage, StageContext, atomic_output
+from gen3d.runs import Job, RunFolder, Stage, StageContext, atomic_output
 
 KIND = "reconstruct-prior"
 PRIOR_RADIUS = 2.5  # the camera distance the bundled prior was trained at (ShapeWorld)
+PriorMode = Literal["cat3d", "reconfusion"]
+MODES = ("cat3d", "reconfusion")
+
+
+@dataclass
+class ScoreRegularizerConfig:
+    """reconfusion mode: score distillation at random novel cameras."""
+
+    weight: float = 0.05  # the SDS loss's scale in its optimiser step (the reconstruction loss has 1)
+    every: int = 2  # one regulariser step after every this many reconstruction steps
+    render_size: int = 24  # rendered pixels per side at the novel cameras, upsampled to the prior's size
+    guidance: float = 7.5
+    elevations: list[float] = dataclasses.field(default_factory=lambda: [5.0, 40.0])  # [min, max] degrees
+    t_start: list[float] = dataclasses.field(default_factory=lambda: [0.02, 0.98])  # diffusion time range, annealed
+    t_end: list[float] = dataclasses.field(default_factory=lambda: [0.02, 0.5])  # to this by the last step
+    anneal: Literal["linear", "sqrt"] = "sqrt"
+    weighting: Literal["dreamfusion", "uniform"] = "dreamfusion"
 
 
 @dataclass
 class PriorViewsConfig:
-    name: str | None = "shapeworld-mv"  # None: no generated views (the plain engine)
+    name: str | None = "shapeworld-mv"  # None: the prior is off (the plain engine)
     model_path: str | None = None
-    novel_views: int = 8  # generated views, evenly spaced in azimuth
-    elevations: list[float] = dataclasses.field(default_factory=lambda: [15.0, 30.0])  # cycled over novel views
-    steps: int = 20  # sampler steps per set
-    guidance: float | None = None  # None: the prior's default
-    weight: float = 0.3  # a generated view's loss weight relative to an observed one
+    mode: PriorMode = "cat3d"  # cat3d: generated views at new cameras; reconfusion: an SDS regulariser
+    novel_views: int = 8  # cat3d: generated views, evenly spaced in azimuth
+    elevations: list[float] = dataclasses.field(default_factory=lambda: [15.0, 30.0])  # cat3d: cycled over novel views
+    steps: int = 20  # cat3d: sampler steps per set
+    guidance: float | None = None  # cat3d: None is the prior's default
+    weight: float = 0.3  # cat3d: a generated view's loss weight relative to an observed one
+    sds: ScoreRegularizerConfig = dataclasses.field(default_factory=ScoreRegularizerConfig)
 
 
 @dataclass
 class Config(reconstruct.Config):
     prior: PriorViewsConfig = dataclasses.field(default_factory=PriorViewsConfig)
+
+
+def generates_views(cfg: Config) -> bool:
+    return cfg.prior.name is not None and cfg.prior.mode == "cat3d" and cfg.prior.novel_views > 0
+
+
+def regularises(cfg: Config) -> bool:
+    return cfg.prior.name is not None and cfg.prior.mode == "reconfusion"
 
 
 # --- cameras between the scene and the prior's frame -----------------------------------------
@@ -76,6 +119,11 @@ def to_prior_frame(cameras: Cameras, radius: float, size: int) -> Cameras:
     return Cameras(c2w, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height).resized(size, size)
 
 
+def fov_y_deg(cameras: Cameras) -> float:
+    """The vertical field of view of the first camera, in degrees."""
+    return math.degrees(2 * math.atan(cameras.height / (2 * float(cameras.fy[0]))))
+
+
 def novel_cameras(observed: Cameras, count: int, elevations: list[float]) -> Cameras:
     """`count` cameras on an orbit at the observed cameras' mean radius and field of view, evenly
     spaced in azimuth and offset half a step from the first observed camera."""
@@ -83,8 +131,7 @@ def novel_cameras(observed: Cameras, count: int, elevations: list[float]) -> Cam
     start = math.degrees(math.atan2(float(centres[0, 1]), float(centres[0, 0])))
     azimuths = [start + 360.0 * (k + 0.5) / count for k in range(count)]
     elevs = [elevations[k % len(elevations)] for k in range(count)]
-    fov_y = math.degrees(2 * math.atan(observed.height / (2 * float(observed.fy[0]))))
-    return orbit(elevs, azimuths, scene_radius(observed), fov_y, observed.width, observed.height)
+    return orbit(elevs, azimuths, scene_radius(observed), fov_y_deg(observed), observed.width, observed.height)
 
 
 def nearest_views(observed: Cameras, targets: Cameras, k: int) -> list[int]:
@@ -132,42 +179,90 @@ def generate(prior: Prior, observed: Observed, targets: Cameras, radius: float, 
     return torch.cat(outputs)
 
 
+class ScoreRegularizer:
+    """ReconFusion's regulariser on a trainer's field: each call renders one set of the prior's
+    views at random novel cameras on the observed cameras' orbit and takes one optimiser step on
+    the SDS loss through the prior, conditioned on the observed views nearest to that set.
+
+    Every random draw comes from the trainer's generator and the step uses the trainer's optimiser,
+    so the trainer's `state_dict()` still resumes exactly. The diffusion time range anneals over
+    `total` reconstruction steps."""
+
+    def __init__(self, trainer: ReconTrainer, prior: Prior, observed: Observed, cfg: ScoreRegularizerConfig,
+                 total: int):
+        self.trainer, self.prior, self.cfg, self.total = trainer, prior, cfg, total
+        self.observed_cameras = observed.cameras
+        self.radius = scene_radius(observed.cameras)
+        self.observed = Observed(observed.images, to_prior_frame(observed.cameras, self.radius, prior.image_size))
+        self.fov_y = fov_y_deg(observed.cameras)
+
+    def __call__(self) -> float:
+        t, c, prior = self.trainer, self.cfg, self.prior
+        cams, _ = random_orbit_set(prior.views_per_set, c.elevations, self.radius, self.fov_y, c.render_size,
+                                   t.generator)
+        pick = nearest_views(self.observed_cameras, cams, min(prior.max_observed, len(self.observed.images)))
+        observed = Observed(self.observed.images[pick], self.observed.cameras[pick])
+        cond, uncond = prior.condition(None, to_prior_frame(cams, self.radius, prior.image_size), observed)
+        rgba = render_for_prior(t.renderer, t.field, cams, "alpha", t.generator, prior.image_size)
+        t_range = anneal_t_range(t.step_count, self.total, tuple(c.t_start), tuple(c.t_end), c.anneal)
+        loss, _ = sds_loss(prior.guided(cond, uncond, c.guidance), prior.encode(rgba), t.generator, cond,
+                           t_range=t_range, weighting=c.weighting, group=prior.views_per_set)
+        t.optimizer.zero_grad(set_to_none=True)
+        (c.weight * loss).backward()
+        t.optimizer.step()
+        return float(loss.detach())
+
+
+def regularised_step(trainer: ReconTrainer, regularizer: ScoreRegularizer, every: int) -> Callable[[], dict[str, float]]:
+    """A training step: the trainer's, then the regulariser's after every `every`-th; the SDS loss
+    joins the step's stats."""
+    def step() -> dict[str, float]:
+        stats = trainer.step()
+        if trainer.step_count % every == 0:
+            stats["sds_loss"] = regularizer()
+        return stats
+    return step
+
+
 # --- stages --------------------------------------------------------------------------------------
 
 def views(ctx: StageContext) -> None:
-    """Generated views as `generated/NNN.png` (RGBA at the prior's size) and `generated.json` (their
-    scene cameras); nothing when the prior is off."""
+    """cat3d: generated views as `generated/NNN.png` (RGBA at the prior's size) and `generated.json`
+    (their scene cameras)."""
     cfg: Config = ctx.config
-    record: dict = {"views": [], "c2w": []}
-    if cfg.prior.name is not None and cfg.prior.novel_views > 0:
-        data = reconstruct._scene_data(ctx)
-        prior = cached_prior(cfg.prior.name, cfg.prior.model_path)
-        train = data.train
-        observed = Observed(straight_rgba(train, data.scene.background, prior.image_size), train.cameras)
-        targets = novel_cameras(train.cameras, cfg.prior.novel_views, cfg.prior.elevations)
-        rgba = generate(prior, observed, targets, scene_radius(train.cameras), steps=cfg.prior.steps,
-                        guidance=cfg.prior.guidance, generator=ctx.generator)
-        for i, image in enumerate(rgba):
-            path = ctx.path / "generated" / f"{i:03d}.png"
-            save_png(image.permute(1, 2, 0), path)
-            ctx.add_artifact(path, "views", generated=True, view=i)
-        record = {"views": [f"generated/{i:03d}.png" for i in range(len(rgba))], "c2w": targets.c2w.tolist()}
-        ctx.log(f"{len(rgba)} views generated by {cfg.prior.name} around {len(train)} observed views")
+    data = reconstruct._scene_data(ctx)
+    prior = cached_prior(cfg.prior.name, cfg.prior.model_path)
+    train = data.train
+    targets = novel_cameras(train.cameras, cfg.prior.novel_views, cfg.prior.elevations)
+    rgba = generate(prior, observed_views(ctx, prior), targets, scene_radius(train.cameras), steps=cfg.prior.steps,
+                    guidance=cfg.prior.guidance, generator=ctx.generator)
+    for i, image in enumerate(rgba):
+        path = ctx.path / "generated" / f"{i:03d}.png"
+        save_png(image.permute(1, 2, 0), path)
+        ctx.add_artifact(path, "views", generated=True, view=i)
+    record = {"views": [f"generated/{i:03d}.png" for i in range(len(rgba))], "c2w": targets.c2w.tolist()}
+    ctx.log(f"{len(rgba)} views generated by {cfg.prior.name} around {len(train)} observed views")
     path = ctx.path / "generated.json"
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(record))
     ctx.add_artifact(path, "views")
 
 
+def observed_views(ctx: StageContext, prior: Prior) -> Observed:
+    """The training views as the prior's observed views: straight RGBA at its size, scene cameras."""
+    data = reconstruct._scene_data(ctx)
+    return Observed(straight_rgba(data.train, data.scene.background, prior.image_size), data.train.cameras)
+
+
 def training_set(ctx: StageContext) -> tuple[Tensor, Cameras, Tensor, Tensor | None]:
-    """Observed plus generated views (read back from their PNGs, so resumed runs fit the same
-    8-bit images): images (N, H, W, 3), cameras, per-view weights and alpha (None without)."""
+    """Observed plus generated views (cat3d; read back from their PNGs, so resumed runs fit the
+    same 8-bit images): images (N, H, W, 3), cameras, per-view weights and alpha (None without)."""
     cfg: Config = ctx.config
     data = reconstruct._scene_data(ctx)
     train = data.train
-    record = json.loads((ctx.path / "generated.json").read_text())
-    if not record["views"]:
+    if not generates_views(cfg):
         return train.images, train.cameras, torch.ones(len(train)), train.alpha
+    record = json.loads((ctx.path / "generated.json").read_text())
     rgba = torch.stack([read_png(ctx.path / name) for name in record["views"]])
     images, alpha = to_scene_images(rgba, train.cameras.width, train.cameras.height, data.scene.background)
     fov_source = train.cameras[[0] * len(rgba)]
@@ -184,7 +279,13 @@ def train(ctx: StageContext) -> None:
     images, cams, weights, alpha = training_set(ctx)
     trainer = ReconTrainer(reconstruct.recon_config(cfg, data.scene), images, cams, seed=ctx.stage_seed,
                            view_weights=weights, alpha=alpha)
-    train_checkpointed(ctx, trainer, cfg.recon.steps, cfg.train.checkpoint_every, cfg.train.log_every)
+    step = None
+    if regularises(cfg):
+        prior = cached_prior(cfg.prior.name, cfg.prior.model_path)
+        regularizer = ScoreRegularizer(trainer, prior, observed_views(ctx, prior), cfg.prior.sds, cfg.recon.steps)
+        step = regularised_step(trainer, regularizer, cfg.prior.sds.every)
+        ctx.log(f"reconfusion: an SDS step through {cfg.prior.name} after every {cfg.prior.sds.every} steps")
+    train_checkpointed(ctx, trainer, cfg.recon.steps, cfg.train.checkpoint_every, cfg.train.log_every, step)
     ctx.shared["trainer"] = trainer
 
 
@@ -204,22 +305,35 @@ def evaluate(ctx: StageContext) -> None:
 
 def _estimate_views(job: Job) -> float:
     p = job.config.prior
-    if p.name is None:
-        return 0.0
-    return PRIOR_LOAD_SECONDS + p.novel_views * p.steps * SECONDS_PER_VIEW_STEP
+    return estimate_views_seconds(p.novel_views, p.steps)
 
 
 def _estimate_train(job: Job) -> float:
     cfg: Config = job.config
-    return cfg.recon.steps * cfg.recon.batch_rays * reconstruct.SECONDS_PER_TRAIN_RAY
+    seconds = cfg.recon.steps * cfg.recon.batch_rays * reconstruct.SECONDS_PER_TRAIN_RAY
+    if regularises(cfg):
+        sds, views = cfg.prior.sds, 4  # the bundled prior's set size; estimates load no prior
+        per_step = views * (sds.render_size**2 * SECONDS_PER_DISTILL_PIXEL + SECONDS_PER_DISTILL_VIEW)
+        seconds += cfg.recon.steps // sds.every * per_step
+    return seconds
 
 
 def build_job(config: Config, inputs: dict, seed: int) -> Job:
-    slug = Path(inputs["scene"]).name + ("" if config.prior.name is None else f"-{config.prior.name}")
-    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug, stages=[
-        Stage("load", reconstruct.load, lambda job: 1.0),
-        Stage("views", views, _estimate_views),
+    if config.prior.sds.every < 1:
+        raise UserError(f"config key 'prior.sds.every' must be at least 1, got {config.prior.sds.every}")
+    slug = Path(inputs["scene"]).name
+    if config.prior.name is not None:
+        slug += f"-{config.prior.name}" + ("-reconfusion" if regularises(config) else "")
+    stages = [Stage("load", reconstruct.load, lambda job: 1.0)]
+    if generates_views(config):
+        stages.append(Stage("views", views, _estimate_views))
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug, stages=stages + [
         Stage("train", train, _estimate_train),
         Stage("evaluate", evaluate, reconstruct._estimate_evaluate),
         Stage("export", reconstruct.export, reconstruct._estimate_export),
     ])
+
+
+def export_mesh(run: RunFolder, fmt: str, resolution: int | None) -> Path:
+    """`gen3d export`: reconstruct's, reading this pipeline's config."""
+    return reconstruct.export_mesh(run, fmt, resolution, config_type=Config)

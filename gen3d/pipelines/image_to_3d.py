@@ -31,11 +31,18 @@ from gen3d.models.prior import Observed
 from gen3d.pipelines import text_to_3d
 from gen3d.pipelines.common import (
     ExportConfig,
+    cached_prior,
+    estimate_fit_seconds,
+    estimate_object_export_seconds,
+    estimate_views_seconds,
     export_field,
     fit_views,
     fitted_model,
+    flat_rays,
     generate_views,
     load_views,
+    object_export_config,
+    object_recon_config,
     pass_cameras,
     save_png,
     save_renders,
@@ -76,10 +83,10 @@ class Config:
     render_size: int = 64  # pixels of the renders at the evaluation orbit
     reference: ReferenceLossConfig = dataclasses.field(default_factory=ReferenceLossConfig)
     views: text_to_3d.ViewsConfig = dataclasses.field(default_factory=_views)
-    recon: ReconConfig = dataclasses.field(default_factory=text_to_3d._fit_recon)
+    recon: ReconConfig = dataclasses.field(default_factory=object_recon_config)
     fit: text_to_3d.FitConfig = dataclasses.field(default_factory=text_to_3d.FitConfig)
     distill: text_to_3d.DistillConfig = dataclasses.field(default_factory=text_to_3d.DistillConfig)
-    export: ExportConfig = dataclasses.field(default_factory=text_to_3d._export)
+    export: ExportConfig = dataclasses.field(default_factory=object_export_config)
 
 
 def input_camera(elevation: float, size: int) -> Cameras:
@@ -97,7 +104,7 @@ def observed_view(cfg: Config, inputs: dict, size: int) -> Observed:
 
 def views(ctx: StageContext) -> None:
     cfg: Config = ctx.config
-    prior = text_to_3d.cached_prior(cfg.prior, cfg.model_path)
+    prior = cached_prior(cfg.prior, cfg.model_path)
     observed = observed_view(cfg, ctx.inputs, prior.image_size)
     save_png(observed.images[0].permute(1, 2, 0), ctx.path / "input.png")
     ctx.add_artifact(ctx.path / "input.png", "views", input=True)
@@ -128,7 +135,7 @@ def _fitted(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
 def export(ctx: StageContext) -> None:
     cfg: Config = ctx.config
     if "model" not in ctx.shared:
-        ctx.shared["model"] = _fitted(ctx) if cfg.method == "nv-recon" else text_to_3d._distilled(ctx)
+        ctx.shared["model"] = _fitted(ctx) if cfg.method == "nv-recon" else text_to_3d.distilled_model(ctx)
     field, renderer = ctx.shared["model"]
     export_field(ctx, field, cfg.export)
     save_renders(ctx, field, renderer, eval_cameras(cfg.render_size))
@@ -156,7 +163,7 @@ class ReferenceStep:
     def __init__(self, distiller: text_to_3d.Distiller, observed: Observed, weights: ReferenceLossConfig):
         size = distiller.cfg.distill.render_size
         self.distiller, self.weights = distiller, weights
-        self.rays = text_to_3d._rays(observed.cameras.resized(size, size))
+        self.rays = flat_rays(observed.cameras.resized(size, size))
         small = torch.nn.functional.interpolate(observed.images, size=(size, size), mode="area")[0]
         alpha = small[3:].permute(1, 2, 0).reshape(-1, 1)
         self.premult, self.alpha = small[:3].permute(1, 2, 0).reshape(-1, 3) * alpha, alpha[:, 0]
@@ -174,7 +181,7 @@ class ReferenceStep:
 
 def distill(ctx: StageContext) -> None:
     cfg: Config = ctx.config
-    prior = text_to_3d.cached_prior(cfg.prior, cfg.model_path)
+    prior = cached_prior(cfg.prior, cfg.model_path)
     observed = observed_view(cfg, ctx.inputs, prior.image_size)
     distiller = text_to_3d.Distiller(cfg, ObservedPrior(prior, observed), "", ctx.generator)
     reference = ReferenceStep(distiller, observed, cfg.reference)
@@ -193,13 +200,12 @@ def distill(ctx: StageContext) -> None:
 # --- estimates -------------------------------------------------------------------------------
 
 def _estimate_views(job: Job) -> float:
-    cfg: Config = job.config
-    return text_to_3d.PRIOR_LOAD_SECONDS + sum(cfg.views.passes) * cfg.views.steps * text_to_3d.SECONDS_PER_VIEW_STEP
+    views: text_to_3d.ViewsConfig = job.config.views
+    return estimate_views_seconds(sum(views.passes), views.steps)
 
 
-def _estimate_fit(job: Job) -> float:
-    cfg: Config = job.config
-    return cfg.recon.steps * cfg.recon.batch_rays * text_to_3d.SECONDS_PER_FIT_RAY
+def _estimate_export(job: Job) -> float:
+    return estimate_object_export_seconds(job.config.export, job.config.render_size)
 
 
 def slug(image: str) -> str:
@@ -212,8 +218,9 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
         raise UserError(f"method must be one of {', '.join(METHODS)}, got '{config.method}'")
     observed_view(config, inputs, CHECK_SIZE)  # bad files fail here, before a run folder exists
     if config.method == "nv-recon":
-        stages = [Stage("views", views, _estimate_views), Stage("fit", fit, _estimate_fit)]
+        stages = [Stage("views", views, _estimate_views),
+                  Stage("fit", fit, lambda job: estimate_fit_seconds(job.config.recon))]
     else:
-        stages = [Stage("distill", distill, text_to_3d._estimate_distill)]
-    stages.append(Stage("export", export, text_to_3d._estimate_export))
+        stages = [Stage("distill", distill, text_to_3d.estimate_distill_seconds)]
+    stages.append(Stage("export", export, _estimate_export))
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["image"]), stages=stages)

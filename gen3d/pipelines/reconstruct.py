@@ -138,7 +138,11 @@ def _scene_data(ctx: StageContext) -> SceneData:
 
 
 def _trainer(cfg: Config, data: SceneData, seed: int) -> ReconTrainer:
-    return ReconTrainer(recon_config(cfg, data.scene), data.train.images, data.train.cameras, seed=seed)
+    """The engine on the training views, with their alpha where the files had transparency (Blender
+    RGBA): it carves the occupancy grid to the visual hull, trains on random backgrounds and feeds
+    `recon.mask_loss_weight`."""
+    train = data.train
+    return ReconTrainer(recon_config(cfg, data.scene), train.images, train.cameras, seed=seed, alpha=train.alpha)
 
 
 def _trained(ctx: StageContext) -> ReconTrainer:
@@ -264,9 +268,10 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
     ])
 
 
-def export_mesh(run: RunFolder, fmt: str, resolution: int | None) -> Path:
-    """`gen3d export`: a mesh from the run's trained field, e.g. at a finer grid; recorded in the manifest."""
-    cfg = from_dict(Config, run.manifest["config"])
+def export_mesh(run: RunFolder, fmt: str, resolution: int | None, config_type: type[Config] = Config) -> Path:
+    """`gen3d export`: a mesh from the run's trained field, e.g. at a finer grid; recorded in the
+    manifest. `config_type`: the run's config class (pipelines extending this one pass theirs)."""
+    cfg = from_dict(config_type, run.manifest["config"])
     ckpt = load_checkpoint(run.checkpoint_path("train"))
     if ckpt is None:
         raise UserError(f"{run.checkpoint_path('train')}: missing; the run has not finished training")

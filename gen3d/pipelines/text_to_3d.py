@@ -15,30 +15,38 @@ field at the ShapeWorld evaluation orbit (role render), which the benchmark scor
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gen3d.cameras import Cameras, generate_rays, orbit
+from gen3d.cameras import Cameras
 from gen3d.diffusion.distill import VSD, anneal_t_range, sds_loss
 from gen3d.errors import UserError
-from gen3d.fields.nerf import FieldConfig, NerfField, TruncExp
-from gen3d.models.prior import Prior, load_prior
+from gen3d.fields.nerf import FieldConfig, NerfField
+from gen3d.models.prior import Prior
 from gen3d.pipelines.common import (
+    PRIOR_LOAD_SECONDS,
+    SECONDS_PER_DISTILL_PIXEL,
+    SECONDS_PER_DISTILL_VIEW,
     ExportConfig,
-    estimate_export_seconds,
+    PriorBackground,
+    cached_prior,
+    estimate_fit_seconds,
+    estimate_object_export_seconds,
+    estimate_views_seconds,
     export_field,
     fit_views,
     fitted_model,
     generate_views,
     load_views,
+    object_export_config,
+    object_recon_config,
     pass_cameras,
+    random_orbit_set,
+    render_for_prior,
     save_renders,
     save_views,
 )
@@ -51,16 +59,6 @@ KIND = "text-to-3d"
 Method = Literal["mv-recon", "sds", "vsd"]
 METHODS = ("mv-recon", "sds", "vsd")
 
-# CPU costs behind the stage estimates, measured with the default config on the 2-core dev machine
-# while other jobs shared it (one torch thread: faster there than two); re-measure when the prior
-# or the engine changes.
-PRIOR_LOAD_SECONDS = 3.0
-SECONDS_PER_VIEW_STEP = 0.025  # one sampler step for one generated view (CFG: two network rows)
-SECONDS_PER_FIT_RAY = 1.2e-4
-SECONDS_PER_RENDER_PIXEL = 1.2e-4  # evaluation-orbit renders of the field
-MESH_CLEAN_SECONDS = 2.0  # cleaning and decimating the marching-cubes mesh to export.target_faces
-SECONDS_PER_DISTILL_PIXEL = 8.2e-5  # one rendered pixel per distillation step (render + backward)
-SECONDS_PER_DISTILL_VIEW = 0.0375  # one view through encode + guided denoiser per step
 VSD_LORA_FACTOR = 1.0  # VSD's LoRA update per step, relative to the guided prior call
 
 
@@ -93,7 +91,7 @@ class DistillConfig:
     anneal: Literal["linear", "sqrt"] = "sqrt"
     weighting: Literal["dreamfusion", "uniform"] = "dreamfusion"
     elevations: list[float] = dataclasses.field(default_factory=lambda: list(ELEVATION_RANGE_DEG))  # [min, max]
-    background: Literal["alpha", "white", "random"] = "alpha"  # alpha: RGBA to the prior; else composite
+    background: PriorBackground = "alpha"  # alpha: RGBA to the prior; else composite
     blob_density: float = 6.0  # pre-activation density added at the centre: SDS starts from an object
     blob_radius: float = 0.4
     density_bias: float = -3.0  # pre-activation density added everywhere: empty space around the blob
@@ -103,29 +101,6 @@ class DistillConfig:
     log_every: int = 25
 
 
-def _fit_recon() -> ReconConfig:
-    """The engine for generated views: white background, view-independent colour, mask loss on alpha."""
-    recon = ReconConfig(steps=150, batch_rays=1024, mask_loss_weight=1.0)
-    recon.field.view_dependent = False
-    recon.field.encoding.kind = "hash"
-    recon.field.encoding.hash.levels = 8
-    recon.field.encoding.hash.log2_table = 14
-    recon.field.encoding.hash.max_resolution = 128
-    recon.render.aabb = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
-    recon.render.near, recon.render.far = 1.0, 4.0
-    recon.render.step_size = 0.04
-    recon.render.background = "random"
-    recon.render.occupancy.resolution = 32
-    recon.render.occupancy.warmup_steps = 32
-    recon.optim.lr = 0.02
-    return recon
-
-
-def _export() -> ExportConfig:
-    return ExportConfig(resolution=64, threshold=5.0, target_faces=20_000, pointcloud_points=5_000,
-                        turntable_frames=24, turntable_size=128, video=True, gif=True)
-
-
 @dataclass
 class Config:
     method: Method = "mv-recon"
@@ -133,16 +108,10 @@ class Config:
     model_path: str | None = None  # a prior folder instead of the bundled weights
     render_size: int = 64  # pixels of the renders at the evaluation orbit
     views: ViewsConfig = dataclasses.field(default_factory=ViewsConfig)
-    recon: ReconConfig = dataclasses.field(default_factory=_fit_recon)  # field, renderer (all methods) and the fit
+    recon: ReconConfig = dataclasses.field(default_factory=object_recon_config)  # field, renderer (all methods) and the fit
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
-    export: ExportConfig = dataclasses.field(default_factory=_export)
-
-
-@functools.lru_cache(maxsize=2)
-def cached_prior(name: str, model_path: str | None) -> Prior:
-    """Priors are frozen, so one loaded copy serves every job in the process (tests, benchmarks)."""
-    return load_prior(name, None if model_path is None else Path(model_path))
+    export: ExportConfig = dataclasses.field(default_factory=object_export_config)
 
 
 def _prior(cfg: Config) -> Prior:
@@ -199,10 +168,17 @@ class DistillField(NerfField):
         if levels is not None and self.cfg.encoding.kind == "hash":
             self.level_mask[levels * self.cfg.encoding.hash.features:] = 0.0
 
-    def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.density_mlp(self.encoding(self.normalize(x)) * self.level_mask)
-        blob = self.blob_density * torch.exp(-x.square().sum(-1) / (2 * self.blob_radius**2))
-        return TruncExp.apply(h[:, 0] + self.cfg.density_bias + self.bias + blob), h[:, 1:]
+    def encode(self, u: Tensor) -> Tensor:
+        return self.encoding(u) * self.level_mask
+
+    def density_offset(self, x: Tensor) -> Tensor:
+        return seed_blob(x, self.blob_density, self.blob_radius, self.bias)
+
+
+def seed_blob(x: Tensor, density: float, radius: float, bias: float) -> Tensor:
+    """Pre-activation density of a Gaussian blob at the centre over an empty background, from
+    world points (N, 3+) (a time column, if any, is ignored)."""
+    return bias + density * torch.exp(-x[:, :3].square().sum(-1) / (2 * radius**2))
 
 
 def _distill_renderer(cfg: Config) -> VolumeRenderer:
@@ -216,7 +192,7 @@ class Distiller:
     def __init__(self, cfg: Config, prior: Prior, prompt: str, generator: torch.Generator):
         d = cfg.distill
         self.cfg, self.prior, self.prompt, self.generator = cfg, prior, prompt, generator
-        self.field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), d, generator)
+        self.field = self.build_field(cfg, generator)
         self.renderer = _distill_renderer(cfg)
         self.model = nn.ModuleDict({"field": self.field, "renderer": self.renderer})
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=d.lr, betas=(0.9, 0.99), eps=1e-15)
@@ -229,13 +205,14 @@ class Distiller:
                            generator=generator)
         self.step_count = 0
 
+    @staticmethod
+    def build_field(cfg, generator: torch.Generator | None = None) -> NerfField:
+        return DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), cfg.distill, generator)
+
     def cameras(self, size: int) -> tuple[Cameras, list[float]]:
         """One set of the prior's views: evenly spaced azimuths from a random offset, one random elevation."""
-        n = self.prior.views_per_set
-        lo, hi = self.cfg.distill.elevations
-        offset, elevation = torch.rand(2, generator=self.generator, dtype=torch.float64).tolist()
-        azimuths = [(360.0 * (offset + k / n)) % 360.0 for k in range(n)]
-        return orbit([lo + elevation * (hi - lo)] * n, azimuths, RADIUS, FOV_Y_DEG, size, size), azimuths
+        return random_orbit_set(self.prior.views_per_set, self.cfg.distill.elevations, RADIUS, FOV_Y_DEG, size,
+                                self.generator)
 
     def prompts(self, azimuths: list[float]) -> str:
         """Single-view priors get a view-dependent prompt (front, side or back) for their one view."""
@@ -243,28 +220,18 @@ class Distiller:
             return self.prompt
         return f"{self.prompt}, {view_word(azimuths[0])} view"
 
-    def render(self, cams: Cameras) -> Tensor:
-        """Differentiable RGBA (V, 4, S, S) for the prior, upsampled to its image size."""
-        d = self.cfg.distill
-        rays_o, rays_d = _rays(cams)
-        out = self.renderer.render_rays(self.field, rays_o, rays_d, torch.zeros(3), generator=self.generator)
-        n, s = len(cams), cams.height
-        premult = out["rgb"].reshape(n, s, s, 3).permute(0, 3, 1, 2)
-        alpha = out["opacity"].reshape(n, 1, s, s)
-        if d.background == "alpha":  # straight colour, so the prior's own compositing sees premult + (1 - a)
-            rgba = torch.cat([premult / alpha.clamp_min(1e-4), alpha], 1)
-        else:
-            color = torch.ones(3) if d.background == "white" else torch.rand(3, generator=self.generator)
-            rgba = torch.cat([premult + color[:, None, None] * (1 - alpha), torch.ones_like(alpha)], 1)
-        size = self.prior.image_size
-        return F.interpolate(rgba, size=(size, size), mode="bilinear", align_corners=False)
+    def render(self, cams: Cameras, field=None) -> Tensor:
+        """Differentiable RGBA (V, 4, S, S) of `field` (default: the field) for the prior, upsampled
+        to its image size."""
+        return render_for_prior(self.renderer, field or self.field, cams, self.cfg.distill.background,
+                                self.generator, self.prior.image_size)
 
     def step(self) -> float:
         d, total = self.cfg.distill, self.cfg.distill.steps
         self.field.set_levels(d.coarse_levels if self.step_count < d.coarse_steps else None)
         cams, azimuths = self.cameras(d.render_size)
-        cond, uncond = self.prior.condition(self.prompts(azimuths), cams)
-        latents = self.prior.encode(self.render(cams))
+        (cond, uncond), rgba = self.condition_and_render(cams, azimuths)
+        latents = self.prior.encode(rgba)
         t_range = anneal_t_range(self.step_count, total, tuple(d.t_start), tuple(d.t_end), d.anneal)
         group = self.prior.views_per_set
         if self.vsd is None:
@@ -279,8 +246,15 @@ class Distiller:
         if self.vsd is not None:
             self.vsd.update_lora(latents, self.generator, cond, group=group)
         self.step_count += 1
-        self.renderer.update_occupancy(self.field, self.step_count, self.generator)
+        self.update_occupancy()
         return float(loss.detach())
+
+    def condition_and_render(self, cams: Cameras, azimuths: list[float]) -> tuple[tuple, Tensor]:
+        """The prior's (cond, uncond) for this step's cameras and the differentiable renders there."""
+        return self.prior.condition(self.prompts(azimuths), cams), self.render(cams)
+
+    def update_occupancy(self) -> None:
+        self.renderer.update_occupancy(self.field, self.step_count, self.generator)
 
     def finish(self) -> None:
         self.field.set_levels(None)
@@ -311,15 +285,10 @@ def view_word(azimuth_deg: float) -> str:
     return "front" if a < 45 or a >= 315 else "back" if 135 <= a < 225 else "side"
 
 
-def _rays(cams: Cameras) -> tuple[Tensor, Tensor]:
-    origins, dirs = generate_rays(cams)
-    return origins.reshape(-1, 3), dirs.reshape(-1, 3)
-
-
-def distill(ctx: StageContext) -> None:
+def distill(ctx: StageContext, distiller_cls: type[Distiller] = Distiller) -> None:
     cfg: Config = ctx.config
     _use_threads(cfg)
-    distiller = Distiller(cfg, _prior(cfg), ctx.inputs["prompt"], ctx.generator)
+    distiller = distiller_cls(cfg, _prior(cfg), ctx.inputs["prompt"], ctx.generator)
     total = cfg.distill.steps
     for step in ctx.steps(total, every=cfg.distill.checkpoint_every, state=distiller.state_dict,
                           restore=distiller.load_state_dict):
@@ -331,9 +300,11 @@ def distill(ctx: StageContext) -> None:
     ctx.shared["model"] = (distiller.field, distiller.renderer)
 
 
-def _distilled(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
+def distilled_model(ctx: StageContext, distiller_cls: type[Distiller] = Distiller) -> tuple[NerfField, VolumeRenderer]:
+    """The distill stage's field and renderer, re-loaded from its checkpoint (for a resumed export);
+    `ctx.config` is any config a `distiller_cls` takes."""
     cfg: Config = ctx.config
-    field = DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), cfg.distill)
+    field = distiller_cls.build_field(cfg)
     renderer = _distill_renderer(cfg)
     nn.ModuleDict({"field": field, "renderer": renderer}).load_state_dict(ctx.read_checkpoint("distill").state["model"])
     return field, renderer
@@ -345,7 +316,7 @@ def export(ctx: StageContext) -> None:
     cfg: Config = ctx.config
     _use_threads(cfg)
     if "model" not in ctx.shared:
-        ctx.shared["model"] = _fitted(ctx) if cfg.method == "mv-recon" else _distilled(ctx)
+        ctx.shared["model"] = _fitted(ctx) if cfg.method == "mv-recon" else distilled_model(ctx)
     field, renderer = ctx.shared["model"]
     export_field(ctx, field, cfg.export)
     save_renders(ctx, field, renderer, eval_cameras(cfg.render_size))
@@ -354,16 +325,12 @@ def export(ctx: StageContext) -> None:
 # --- estimates -----------------------------------------------------------------------------------
 
 def _estimate_views(job: Job) -> float:
-    cfg: Config = job.config
-    return PRIOR_LOAD_SECONDS + sum(cfg.views.passes) * cfg.views.steps * SECONDS_PER_VIEW_STEP
+    views: ViewsConfig = job.config.views
+    return estimate_views_seconds(sum(views.passes), views.steps)
 
 
-def _estimate_fit(job: Job) -> float:
-    cfg: Config = job.config
-    return cfg.recon.steps * cfg.recon.batch_rays * SECONDS_PER_FIT_RAY
-
-
-def _estimate_distill(job: Job) -> float:
+def estimate_distill_seconds(job: Job) -> float:
+    """The distill stage of a job whose config has `distill` and `method` (sds or vsd)."""
     cfg: Config = job.config
     d = cfg.distill
     views = 4  # the bundled prior's set size; estimates read no files, so the prior is not loaded
@@ -373,9 +340,7 @@ def _estimate_distill(job: Job) -> float:
 
 
 def _estimate_export(job: Job) -> float:
-    cfg: Config = job.config
-    return (estimate_export_seconds(cfg.export) + MESH_CLEAN_SECONDS
-            + 8 * cfg.render_size**2 * SECONDS_PER_RENDER_PIXEL)
+    return estimate_object_export_seconds(job.config.export, job.config.render_size)
 
 
 def slug(prompt: str) -> str:
@@ -390,9 +355,10 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
     if not str(inputs.get("prompt", "")).strip():
         raise UserError("the prompt is empty; describe the object, e.g. \"a red sphere\"")
     if config.method == "mv-recon":
-        stages = [Stage("views", views, _estimate_views), Stage("fit", fit, _estimate_fit)]
+        stages = [Stage("views", views, _estimate_views),
+                  Stage("fit", fit, lambda job: estimate_fit_seconds(job.config.recon))]
     else:
-        stages = [Stage("distill", distill, _estimate_distill)]
+        stages = [Stage("distill", distill, estimate_distill_seconds)]
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["prompt"]),
                stages=stages + [Stage("export", export, _estimate_export)])
 

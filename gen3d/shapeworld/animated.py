@@ -20,7 +20,15 @@ from gen3d.errors import UserError
 from gen3d.shapeworld.captions import parse_caption
 from gen3d.shapeworld.scenes import SPLITS, sample_cameras
 from gen3d.shapeworld.shapes import build_mesh, unit_mesh
-from gen3d.shapeworld.spec import COLOURS, HELD_OUT, PALETTE, SHAPES, SIZES, SceneSpec, validate
+from gen3d.shapeworld.spec import (
+    COLOURS,
+    HELD_OUT,
+    PALETTE,
+    SHAPES,
+    SIZES,
+    SceneSpec,
+    validate,
+)
 
 MOTIONS = ("bounce", "slide", "spin", "grow", "shrink", "turn")
 ARTICULATED = {"turn": "snowman"}  # motions only one shape has
@@ -171,6 +179,14 @@ def motion_transform(motion: str, t: float) -> tuple[float, np.ndarray, np.ndarr
         lo, hi = GROW_RANGE
         scale = lo + (hi - lo) * (t if motion == "grow" else 1 - t)
     return scale, rotation, offset
+
+
+def pose_at(motion: str, t: float) -> np.ndarray:
+    """The object's pose at time t relative to the static ShapeWorld object of the same spec, as
+    (offset x, y, z, yaw, log scale): what the 4D prior's motion head learns to predict."""
+    scale, rotation, offset = motion_transform(motion, t)
+    yaw = float(np.arctan2(rotation[1, 0], rotation[0, 0]))
+    return np.array([*offset, yaw, np.log(ANIMATED_SCALE * scale)])
 
 
 def nose_colour(body: str) -> str:

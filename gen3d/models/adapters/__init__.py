@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gen3d.data.foreground import ForegroundConfig, key_background
 from gen3d.diffusion import Denoiser, DiscreteSchedule, diffusers_net, sample
 from gen3d.errors import UserError
 from gen3d.models.prior import Prior, PriorOptions
@@ -170,6 +171,14 @@ def rgb_on_white(rgba: Tensor, size: int) -> Tensor:
     return rgb
 
 
+def backdrop_alpha(rgb: Tensor) -> Tensor:
+    """Alpha (V, 1, H, W) keyed from each view's border colour. The real priors draw one object on a
+    plain backdrop (white for Zero123 and MVDream) and have no alpha of their own; gen3d's rule for
+    generated views is "the decoded alpha, or the keyed background", so fits get a real mask loss."""
+    cfg = ForegroundConfig()
+    return torch.stack([key_background(view.permute(1, 2, 0), cfg) for view in rgb])[:, None]
+
+
 def camera_spherical(cameras) -> tuple[Tensor, Tensor, Tensor]:
     """Elevation and azimuth in degrees (azimuth from +x towards +y, z up) and radius of the camera centres."""
     centers = cameras.centers.double()
@@ -257,7 +266,7 @@ class LatentPrior(Prior):
         with memory_guard(self.name):
             image = self.vae.decode((latents / self.latent_scale).to(self.device, self.dtype)).sample
         rgb = ((image.float() + 1) / 2).clamp(0, 1).to(latents.device)
-        return torch.cat([rgb, torch.ones_like(rgb[:, :1])], dim=1)
+        return torch.cat([rgb, backdrop_alpha(rgb)], dim=1)
 
     def sample(self, prompt, cameras, observed=None, *, steps: int = 20, guidance: float | None = None,
                generator: torch.Generator | None = None) -> Tensor:
@@ -274,7 +283,7 @@ class LatentPrior(Prior):
 
 def folder_prior(root: Path) -> str:
     """Which prior a model folder is for, from the components only that model has."""
-    if (root / "cc_projection").is_dir():
+    if (root / "cc_projection").is_dir() or (root / "image_encoder").is_dir():
         return "zero123"
     unet = read_json(root / "unet" / "config.json")
     if unet.get("_class_name") == "MultiViewUNetModel" or unet.get("class_embed_type") == "projection":
