@@ -144,7 +144,7 @@ def test_observed_view_conditions_the_generated_colour(tmp_path):
     from gen3d.models.prior import Observed
     from gen3d.pipelines.common import pass_cameras
     from gen3d.pipelines.image_to_3d import input_camera
-    from gen3d.pipelines.text_to_3d import cached_prior
+    from gen3d.pipelines.common import cached_prior
     from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS
 
     prior = cached_prior("shapeworld-mv", None)

@@ -145,11 +145,18 @@ def _trainer(cfg: Config, data: SceneData, seed: int) -> ReconTrainer:
     return ReconTrainer(recon_config(cfg, data.scene), train.images, train.cameras, seed=seed, alpha=train.alpha)
 
 
+def restored_trainer(cfg: Config, data: SceneData, state: dict) -> ReconTrainer:
+    """The trained engine from a checkpoint's state, to render and export. Built without the
+    scene's alpha: the carved occupancy grid is part of the state, so carving again would be wasted."""
+    train = data.train
+    trainer = ReconTrainer(recon_config(cfg, data.scene), train.images, train.cameras)
+    trainer.load_state_dict(state)
+    return trainer
+
+
 def _trained(ctx: StageContext) -> ReconTrainer:
     if "trainer" not in ctx.shared:
-        trainer = _trainer(ctx.config, _scene_data(ctx), seed=0)
-        trainer.load_state_dict(ctx.read_checkpoint("train").state)
-        ctx.shared["trainer"] = trainer
+        ctx.shared["trainer"] = restored_trainer(ctx.config, _scene_data(ctx), ctx.read_checkpoint("train").state)
     return ctx.shared["trainer"]
 
 
@@ -275,8 +282,7 @@ def export_mesh(run: RunFolder, fmt: str, resolution: int | None, config_type: t
     ckpt = load_checkpoint(run.checkpoint_path("train"))
     if ckpt is None:
         raise UserError(f"{run.checkpoint_path('train')}: missing; the run has not finished training")
-    trainer = _trainer(cfg, load_data(cfg, run.manifest["inputs"]["scene"]), seed=0)
-    trainer.load_state_dict(ckpt.state)
+    trainer = restored_trainer(cfg, load_data(cfg, run.manifest["inputs"]["scene"]), ckpt.state)
     resolution = resolution or cfg.export.resolution
     mesh = field_mesh(trainer.field, cfg.export, resolution)
     path = write_mesh(mesh, run.path / "export" / f"mesh-{resolution}.{fmt}")

@@ -209,16 +209,11 @@ class Distiller:
     def build_field(cfg, generator: torch.Generator | None = None) -> NerfField:
         return DistillField(cfg.recon.field, torch.tensor(cfg.recon.render.aabb), cfg.distill, generator)
 
-    def cameras(self, size: int) -> tuple[Cameras, list[float]]:
-        """One set of the prior's views: evenly spaced azimuths from a random offset, one random elevation."""
+    def cameras(self, size: int) -> Cameras:
+        """One set of the prior's views: evenly spaced azimuths from a random offset, one random
+        elevation. (Single-view priors add DreamFusion's view words to the prompt themselves.)"""
         return random_orbit_set(self.prior.views_per_set, self.cfg.distill.elevations, RADIUS, FOV_Y_DEG, size,
-                                self.generator)
-
-    def prompts(self, azimuths: list[float]) -> str:
-        """Single-view priors get a view-dependent prompt (front, side or back) for their one view."""
-        if self.prior.views_per_set > 1:
-            return self.prompt
-        return f"{self.prompt}, {view_word(azimuths[0])} view"
+                                self.generator)[0]
 
     def render(self, cams: Cameras, field=None) -> Tensor:
         """Differentiable RGBA (V, 4, S, S) of `field` (default: the field) for the prior, upsampled
@@ -229,8 +224,8 @@ class Distiller:
     def step(self) -> float:
         d, total = self.cfg.distill, self.cfg.distill.steps
         self.field.set_levels(d.coarse_levels if self.step_count < d.coarse_steps else None)
-        cams, azimuths = self.cameras(d.render_size)
-        (cond, uncond), rgba = self.condition_and_render(cams, azimuths)
+        cams = self.cameras(d.render_size)
+        (cond, uncond), rgba = self.condition_and_render(cams)
         latents = self.prior.encode(rgba)
         t_range = anneal_t_range(self.step_count, total, tuple(d.t_start), tuple(d.t_end), d.anneal)
         group = self.prior.views_per_set
@@ -249,9 +244,9 @@ class Distiller:
         self.update_occupancy()
         return float(loss.detach())
 
-    def condition_and_render(self, cams: Cameras, azimuths: list[float]) -> tuple[tuple, Tensor]:
+    def condition_and_render(self, cams: Cameras) -> tuple[tuple, Tensor]:
         """The prior's (cond, uncond) for this step's cameras and the differentiable renders there."""
-        return self.prior.condition(self.prompts(azimuths), cams), self.render(cams)
+        return self.prior.condition(self.prompt, cams), self.render(cams)
 
     def update_occupancy(self) -> None:
         self.renderer.update_occupancy(self.field, self.step_count, self.generator)
@@ -277,12 +272,6 @@ class Distiller:
                 for p, saved in zip(self.vsd.lora_params, state["lora"]):
                     p.copy_(saved)
             self.vsd.optimizer.load_state_dict(state["lora_optimizer"])
-
-
-def view_word(azimuth_deg: float) -> str:
-    """front within 45 degrees of +x (azimuth 0), back within 45 degrees of -x, else side."""
-    a = azimuth_deg % 360.0
-    return "front" if a < 45 or a >= 315 else "back" if 135 <= a < 225 else "side"
 
 
 def distill(ctx: StageContext, distiller_cls: type[Distiller] = Distiller) -> None:

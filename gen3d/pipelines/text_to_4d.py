@@ -214,7 +214,7 @@ class Distiller4D(text_to_3d.Distiller):
     def build_field(cfg: Config, generator: torch.Generator | None = None) -> SpacetimeDistillField:
         return SpacetimeDistillField(cfg, generator)
 
-    def condition_and_render(self, cams: Cameras, azimuths: list[float]) -> tuple[tuple, torch.Tensor]:
+    def condition_and_render(self, cams: Cameras) -> tuple[tuple, torch.Tensor]:
         t = torch.rand((), generator=self.generator)
         cond = self.prior.condition(self.prompt, cams, None, t.expand(len(cams)))
         return cond, self.render(cams, self.field.at_time(t))
