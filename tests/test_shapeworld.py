@@ -175,7 +175,7 @@ def test_shaded_colours_stay_nearest_to_their_palette_entry():
 
 def test_cache_round_trip_and_dataset(tmp_path):
     index = build_cache(tmp_path / "c", n_scenes=5, views_per_scene=4, size=32, seed=11, shard_size=3)
-    assert index["shards"] == ["shard-00000.npz", "shard-00001.npz"]
+    assert index["shards"] == ["shard-000000-000003.npz", "shard-000003-000005.npz"]
     assert build_cache(tmp_path / "c", n_scenes=5, views_per_scene=4, size=32, seed=11, shard_size=3) == index
     with pytest.raises(UserError):
         build_cache(tmp_path / "c", n_scenes=5, views_per_scene=4, size=32, seed=12)

@@ -85,5 +85,5 @@ def train_motion_head(text_pooled: Tensor, poses_fn, steps: int, generator: torc
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return head.eval(), losses
