@@ -227,13 +227,13 @@ def flat_rays(cams: Cameras) -> tuple[Tensor, Tensor]:
 
 
 def random_orbit_set(count: int, elevation_range: list[float], radius: float, fov_y_deg: float, size: int,
-                     generator: torch.Generator) -> tuple[Cameras, list[float]]:
+                     generator: torch.Generator) -> Cameras:
     """One multi-view set for score distillation: `count` azimuths evenly spaced from a random
-    offset, one random elevation in [min, max] degrees shared by the set; and the azimuths."""
+    offset, one random elevation in [min, max] degrees shared by the set."""
     lo, hi = elevation_range
     offset, elevation = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
     azimuths = [(360.0 * (offset + k / count)) % 360.0 for k in range(count)]
-    return orbit([lo + elevation * (hi - lo)] * count, azimuths, radius, fov_y_deg, size, size), azimuths
+    return orbit([lo + elevation * (hi - lo)] * count, azimuths, radius, fov_y_deg, size, size)
 
 
 def render_for_prior(renderer: VolumeRenderer, field, cams: Cameras, background: PriorBackground,

@@ -198,8 +198,7 @@ class ScoreRegularizer:
 
     def __call__(self) -> float:
         t, c, prior = self.trainer, self.cfg, self.prior
-        cams, _ = random_orbit_set(prior.views_per_set, c.elevations, self.radius, self.fov_y, c.render_size,
-                                   t.generator)
+        cams = random_orbit_set(prior.views_per_set, c.elevations, self.radius, self.fov_y, c.render_size, t.generator)
         pick = nearest_views(self.observed_cameras, cams, min(prior.max_observed, len(self.observed.images)))
         observed = Observed(self.observed.images[pick], self.observed.cameras[pick])
         cond, uncond = prior.condition(None, to_prior_frame(cams, self.radius, prior.image_size), observed)

@@ -213,7 +213,7 @@ class Distiller:
         """One set of the prior's views: evenly spaced azimuths from a random offset, one random
         elevation. (Single-view priors add DreamFusion's view words to the prompt themselves.)"""
         return random_orbit_set(self.prior.views_per_set, self.cfg.distill.elevations, RADIUS, FOV_Y_DEG, size,
-                                self.generator)[0]
+                                self.generator)
 
     def render(self, cams: Cameras, field=None) -> Tensor:
         """Differentiable RGBA (V, 4, S, S) of `field` (default: the field) for the prior, upsampled
