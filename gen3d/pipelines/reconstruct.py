@@ -36,9 +36,10 @@ from gen3d.runs.folder import read_events
 KIND = "reconstruct"
 
 # CPU costs on 2 cores behind the stage estimates: whole-run averages of the README's lego command
-# (default engine, 100x100, 1000 steps: 247 s training, 0.6 s for 10 test renders) on the idle
-# 2-core machine; a machine shared with other jobs takes longer. Re-measure when the engine changes.
-SECONDS_PER_TRAIN_RAY = 1.2e-4
+# (default engine, 2 threads, 100x100, 1000 steps of 2048 rays: 98 s training, 0.9 s for 10 test
+# renders) on the idle 2-core machine; a machine shared with other jobs takes longer. Re-measure
+# when the engine changes.
+SECONDS_PER_TRAIN_RAY = 5e-5
 SECONDS_PER_RENDER_RAY = 1e-5
 NOMINAL_PIXELS = 100 * 100  # image size assumed by estimates when `data.size` is not set
 
