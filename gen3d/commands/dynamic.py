@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gen3d.cli import app
-from gen3d.commands.jobs import job_overrides, launch_job
+from gen3d.commands.jobs import launch_pipeline
 from gen3d.commands.options import (
     ConfigOpt,
     DryRunOpt,
@@ -17,8 +17,6 @@ from gen3d.commands.options import (
     SeedOpt,
     SetOpt,
 )
-from gen3d.config import load_config
-from gen3d.pipelines import pipeline_module
 
 PriorOpt = Annotated[str | None, typer.Option("--prior", help="Prior name (default: the bundled shapeworld-4d).")]
 MethodOpt = Annotated[str | None, typer.Option("--method", help="mv-recon (default: generate the grid, fit) or sds.")]
@@ -41,11 +39,8 @@ def text_to_4d(
     """Generate a dynamic 3D object from text: the 4D prior's camera x time grid of views, fitted by a
     space-time field (or a space-time field distilled through the prior: --method sds); one GLB per
     frame and a turntable while it plays."""
-    module = pipeline_module("text-to-4d")
-    flags = {"grid.frames": frames, "method": method, "prior": prior,
-             "model_path": None if model_path is None else model_path.resolve()}
-    cfg = load_config(module.Config, config, job_overrides(set_, **flags))
-    launch_job(module.build_job(cfg, {"prompt": prompt}, seed), out=out, dry=dry)
+    launch_pipeline("text-to-4d", {"prompt": prompt}, config=config, overrides=set_, seed=seed, out=out, dry=dry,
+                    flags={"grid.frames": frames, "method": method, "prior": prior, "model_path": model_path})
 
 
 @app.command("image-to-4d")
@@ -65,9 +60,6 @@ def image_to_4d(
 ) -> None:
     """Animate the object of one photo: the 4D prior generates the grid conditioned on the photo (time 0)
     and the caption's motion, and a space-time field is fitted to both."""
-    module = pipeline_module("image-to-4d")
-    flags = {"grid.frames": frames, "prior": prior, "elevation": elevation,
-             "model_path": None if model_path is None else model_path.resolve()}
-    cfg = load_config(module.Config, config, job_overrides(set_, **flags))
     inputs = {"image": str(image.resolve()), "mask": None if mask is None else str(mask.resolve()), "prompt": prompt}
-    launch_job(module.build_job(cfg, inputs, seed), out=out, dry=dry)
+    launch_pipeline("image-to-4d", inputs, config=config, overrides=set_, seed=seed, out=out, dry=dry,
+                    flags={"grid.frames": frames, "prior": prior, "elevation": elevation, "model_path": model_path})

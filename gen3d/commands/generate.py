@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gen3d.cli import app
-from gen3d.commands.jobs import job_overrides, launch_job
+from gen3d.commands.jobs import launch_pipeline
 from gen3d.commands.options import (
     ConfigOpt,
     DryRunOpt,
@@ -16,8 +16,6 @@ from gen3d.commands.options import (
     SeedOpt,
     SetOpt,
 )
-from gen3d.config import load_config
-from gen3d.pipelines import pipeline_module
 
 MethodOpt = Annotated[str | None, typer.Option("--method", help="mv-recon (default), sds or vsd.")]
 PriorNameOpt = Annotated[str | None, typer.Option("--prior", help="Prior name (default: the bundled shapeworld-mv).")]
@@ -37,7 +35,5 @@ def text_to_3d(
 ) -> None:
     """Generate a 3D object from text: views from the multi-view prior fitted by the reconstruction
     engine (mv-recon), or a field distilled through the prior (sds, vsd)."""
-    module = pipeline_module("text-to-3d")
-    flags = {"method": method, "prior": prior, "model_path": None if model_path is None else model_path.resolve()}
-    cfg = load_config(module.Config, config, job_overrides(set_, **flags))
-    launch_job(module.build_job(cfg, {"prompt": prompt}, seed), out=out, dry=dry)
+    launch_pipeline("text-to-3d", {"prompt": prompt}, config=config, overrides=set_, seed=seed, out=out, dry=dry,
+                    flags={"method": method, "prior": prior, "model_path": model_path})

@@ -9,7 +9,7 @@ import typer
 
 from gen3d.cli import app
 from gen3d.commands.generate import MethodOpt, PriorNameOpt
-from gen3d.commands.jobs import job_overrides, launch_job
+from gen3d.commands.jobs import launch_pipeline
 from gen3d.commands.options import (
     ConfigOpt,
     DryRunOpt,
@@ -18,8 +18,6 @@ from gen3d.commands.options import (
     SeedOpt,
     SetOpt,
 )
-from gen3d.config import load_config
-from gen3d.pipelines import pipeline_module
 
 
 @app.command("image-to-3d")
@@ -38,9 +36,6 @@ def image_to_3d(
 ) -> None:
     """Make a 3D object from one image: the prior generates views around it (nv-recon) and the
     reconstruction engine fits them together with the photo."""
-    module = pipeline_module("image-to-3d")
-    flags = {"method": method, "prior": prior, "elevation": elevation,
-             "model_path": None if model_path is None else model_path.resolve()}
-    cfg = load_config(module.Config, config, job_overrides(set_, **flags))
     inputs = {"image": str(image.resolve()), "mask": None if mask is None else str(mask.resolve())}
-    launch_job(module.build_job(cfg, inputs, seed), out=out, dry=dry)
+    launch_pipeline("image-to-3d", inputs, config=config, overrides=set_, seed=seed, out=out, dry=dry,
+                    flags={"method": method, "prior": prior, "elevation": elevation, "model_path": model_path})

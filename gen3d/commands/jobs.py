@@ -15,7 +15,15 @@ from gen3d.config import load_config
 from gen3d.data.readers import detect
 from gen3d.errors import UserError
 from gen3d.pipelines import job_from_manifest, pipeline_module
-from gen3d.runs import Job, RunFolder, dry_run, read_manifest, resume_job, run_job, runs_root
+from gen3d.runs import (
+    Job,
+    RunFolder,
+    dry_run,
+    read_manifest,
+    resume_job,
+    run_job,
+    runs_root,
+)
 from gen3d.runs.progress import ProgressBar
 
 EXIT_INTERRUPTED = 130  # the shell's convention for a run stopped by Ctrl-C / SIGTERM
@@ -43,8 +51,19 @@ def launch_job(job: Job, *, out: Path | None, dry: bool) -> None:
 
 
 def job_overrides(overrides: list[str] | None, **flags) -> list[str]:
-    """`--set` items followed by dedicated flags (`--steps 50` -> `recon.steps=50`), which win."""
-    return list(overrides or []) + [f"{key}={value}" for key, value in flags.items() if value is not None]
+    """`--set` items followed by dedicated flags (`--steps 50` -> `recon.steps=50`), which win;
+    path flags are made absolute, so a resumed run finds them from any directory."""
+    return list(overrides or []) + [f"{key}={value.resolve() if isinstance(value, Path) else value}"
+                                    for key, value in flags.items() if value is not None]
+
+
+def launch_pipeline(kind: str, inputs: dict, *, config: Path | None, overrides: list[str] | None, flags: dict,
+                    seed: int, out: Path | None, dry: bool) -> None:
+    """What every job command does with its options: the pipeline's config from the file, the `--set`
+    items and its dedicated flags, then its job built from `inputs` and launched (or dry-run)."""
+    module = pipeline_module(kind)
+    cfg = load_config(module.Config, config, job_overrides(overrides, **flags))
+    launch_job(module.build_job(cfg, inputs, seed), out=out, dry=dry)
 
 
 @app.command("reconstruct")
@@ -66,12 +85,11 @@ def reconstruct(
     detect(scene)  # a missing or unrecognised scene folder fails here, before anything is written
     if prior_mode is not None and prior is None:
         raise UserError("--prior-mode needs --prior NAME (the prior the mode uses)")
-    module = pipeline_module("reconstruct" if prior is None else "reconstruct-prior")
     flags = {"data.views": views, "recon.steps": steps}
     if prior is not None:
         flags |= {"prior.name": prior, "prior.mode": prior_mode}
-    cfg = load_config(module.Config, config, job_overrides(set_, **flags))
-    launch_job(module.build_job(cfg, {"scene": str(scene.resolve())}, seed), out=out, dry=dry)
+    launch_pipeline("reconstruct" if prior is None else "reconstruct-prior", {"scene": str(scene.resolve())},
+                    config=config, overrides=set_, flags=flags, seed=seed, out=out, dry=dry)
 
 
 @app.command("resume")

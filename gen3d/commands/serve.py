@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from gen3d.cli import app
-from gen3d.commands.jobs import job_overrides, launch_job
+from gen3d.commands.jobs import launch_pipeline
 from gen3d.commands.options import ConfigOpt, DryRunOpt, OutOpt, SeedOpt, SetOpt
-from gen3d.config import load_config
 from gen3d.runs import runs_root
 
 
@@ -40,7 +39,5 @@ def selftest(
     dry: DryRunOpt = False,
 ) -> None:
     """A few seconds of fake training through the real job runner; checks `gen3d serve`'s queue (trains nothing)."""
-    from gen3d.server import selftest as pipeline
-
-    overrides = job_overrides(set_, steps=steps, step_seconds=step_seconds, fail=fail or None)
-    launch_job(pipeline.build_job(load_config(pipeline.Config, config, overrides), {}, seed), out=out, dry=dry)
+    launch_pipeline("selftest", {}, config=config, overrides=set_, seed=seed, out=out, dry=dry,
+                    flags={"steps": steps, "step_seconds": step_seconds, "fail": fail or None})
