@@ -29,16 +29,26 @@ from gen3d.cameras import Cameras, from_fov, generate_rays, orbit
 from gen3d.errors import UserError
 from gen3d.export import (
     clean_mesh,
-    extract_mesh,
     render_turntable,
     write_gif,
     write_mesh,
     write_pointcloud_ply,
     write_video,
 )
+from gen3d.export.extract import best_threshold, checked_density_grid, grid_mesh
 from gen3d.fields.nerf import NerfField
 from gen3d.models.prior import Observed, Prior, load_prior
+from gen3d.pipelines.mesh_asset import (
+    MeshAsset,
+    ScoringViews,
+    field_color_source,
+    mesh_asset,
+    reach_for,
+    texture_size_for,
+)
 from gen3d.recon import ReconConfig, ReconTrainer
+from gen3d.recon.metrics import psnr
+from gen3d.recon.trainer import composite_onto
 from gen3d.render.volume import VolumeRenderer
 from gen3d.runs import StageContext, atomic_output
 
@@ -62,17 +72,31 @@ SECONDS_PER_DISTILL_VIEW = 0.0375  # one view through encode + guided denoiser p
 
 @dataclass
 class ExportConfig:
-    resolution: int = 128  # marching-cubes grid points per axis
+    resolution: int = 192  # marching-cubes grid points per axis
     threshold: float = 10.0  # density level of the surface
     formats: list[MeshFormat] = dataclasses.field(default_factory=lambda: ["glb", "ply", "obj"])
     keep_largest: bool = True  # drop every connected component but the largest
+    # -1: the raw level set; >= 0: the solid above `threshold`, pores up to 2x this many cells
+    # closed, hidden cavities filled, smoothed by one cell (watertight, no hidden tunnels)
+    solidify: int = -1
     target_faces: int = 100_000
+    # pick the level among threshold_ladder(threshold) whose mesh silhouettes match the field's
+    # rendered opacity best, where a job has views to compare with
+    auto_threshold: bool = True
+    texture: bool = True  # GLB with a texture baked from the field (else vertex colours, as PLY/OBJ)
+    texture_size: int = 0  # texels across; 0: fitted to the mesh's size in the scoring views
+    color_reach: float = 2.0  # colour rays start and end this many marching-cubes cells off the surface
     pointcloud_points: int = 20_000
     turntable_frames: int = 36
     turntable_size: int = 256
     turntable_elevation: float = 15.0
     video: bool = True
     gif: bool = True
+
+
+def threshold_ladder(threshold: float) -> list[float]:
+    """Candidate density levels for `auto_threshold`: half to four times the configured one."""
+    return [threshold * 2 ** (k / 2) for k in range(-2, 5)]
 
 
 def estimate_export_seconds(e: ExportConfig) -> float:
@@ -108,7 +132,7 @@ def object_recon_config() -> ReconConfig:
 
 def object_export_config() -> ExportConfig:
     """Export sized for one small object: a 64^3 grid, 20k faces, a short 128-pixel turntable."""
-    return ExportConfig(resolution=64, threshold=5.0, target_faces=20_000, pointcloud_points=5_000,
+    return ExportConfig(resolution=64, threshold=5.0, solidify=2, target_faces=20_000, pointcloud_points=5_000,
                         turntable_frames=24, turntable_size=128, video=True, gif=True)
 
 
@@ -267,6 +291,17 @@ def render_images(field: NerfField, renderer: VolumeRenderer, cameras: Cameras, 
     return {key: torch.cat([p[key] for p in parts]).reshape(*shape, -1).squeeze(-1) for key in ("rgb", "opacity")}
 
 
+def generated_scoring_views(ctx: StageContext, field: NerfField, renderer: VolumeRenderer) -> ScoringViews:
+    """The saved generated views over the renders' background, as the images exports are scored
+    on; the field's own PSNR on them is recorded as `psnr` beside the mesh's."""
+    images, cameras = load_views(ctx.path)
+    background = renderer.background(1)[0].detach()
+    targets = composite_onto(images, background)
+    rendered = render_images(field, renderer, cameras)
+    ctx.set_metrics(psnr=round(psnr(rendered["rgb"], targets).mean().item(), 4))
+    return ScoringViews(cameras, targets, tuple(background.tolist()), rendered["opacity"])
+
+
 def save_renders(ctx: StageContext, field: NerfField, renderer: VolumeRenderer, cameras: Cameras) -> None:
     """`renders/NNN.png`: RGB over the background plus the rendered opacity as alpha (role render)."""
     out = render_images(field, renderer, cameras)
@@ -276,44 +311,61 @@ def save_renders(ctx: StageContext, field: NerfField, renderer: VolumeRenderer, 
         ctx.add_artifact(path, "render", view=i)
 
 
-def field_mesh(field: NerfField, cfg: ExportConfig, resolution: int) -> trimesh.Trimesh:
-    """Marching cubes of the density over the field's box, cleaned, with vertex colours seen from
-    outside looking towards the centre."""
+def field_mesh(field: NerfField, cfg: ExportConfig, resolution: int,
+               views: ScoringViews | None = None) -> tuple[trimesh.Trimesh, float]:
+    """Marching cubes of the density over the field's box, cleaned, and the density level used:
+    `cfg.threshold`, or with `cfg.auto_threshold` the level of `threshold_ladder` whose silhouettes
+    best match the field's rendered opacity in `views`. No colours yet (`field_asset`)."""
 
     @torch.no_grad()
     def density(points: Tensor, chunk: int = 65536) -> Tensor:
         return torch.cat([field.density(points[s:s + chunk]) for s in range(0, len(points), chunk)])
 
-    @torch.no_grad()
-    def color(points: Tensor) -> Tensor:
-        inward = torch.nn.functional.normalize(-points, dim=-1)
-        return field(points, inward)[1]
+    grid = checked_density_grid(density, field.aabb, resolution)
+    threshold = cfg.threshold
+    if cfg.auto_threshold and views is not None and views.opacity is not None:
+        threshold = best_threshold(grid, field.aabb, threshold_ladder(cfg.threshold), views.cameras, views.opacity > 0.5)
+    raw = grid_mesh(grid, field.aabb, threshold, solidify=None if cfg.solidify < 0 else cfg.solidify)
+    return clean_mesh(raw, keep_largest=cfg.keep_largest, target_faces=cfg.target_faces), threshold
 
-    raw = extract_mesh(density, field.aabb, resolution, cfg.threshold, color_fn=color)
-    return clean_mesh(raw, keep_largest=cfg.keep_largest, target_faces=cfg.target_faces)
+
+def field_asset(field: NerfField, cfg: ExportConfig, resolution: int, views: ScoringViews | None = None,
+                texture: bool | None = None) -> MeshAsset:
+    """The field's mesh coloured by what the field renders: vertex colours, and a baked texture
+    when `texture` (default `cfg.texture`), sized by `cfg.texture_size` or the scoring views."""
+    mesh, threshold = field_mesh(field, cfg, resolution, views)
+    source = field_color_source(field, reach_for(field.aabb, resolution, cfg.color_reach))
+    texture = cfg.texture if texture is None else texture
+    return mesh_asset(mesh, source, texture, texture_size_for(mesh, cfg.texture_size, views), threshold)
 
 
-def export_field(ctx: StageContext, field: NerfField, cfg: ExportConfig) -> trimesh.Trimesh | None:
-    """Mesh files, a point cloud on the mesh and a turntable of it; None (logged) when the field
-    has no surface at `cfg.threshold`."""
+def export_field(ctx: StageContext, field: NerfField, cfg: ExportConfig,
+                 views: ScoringViews | None = None) -> trimesh.Trimesh | None:
+    """Mesh files (the GLB textured when `cfg.texture`), a point cloud on the mesh and a turntable of
+    it, and `mesh_psnr` against `views` when given; None (logged) when the field has no surface at
+    `cfg.threshold`."""
     try:
-        mesh = field_mesh(field, cfg, cfg.resolution)
+        asset = field_asset(field, cfg, cfg.resolution, views)
     except UserError as exc:  # an empty or saturated field: nothing to mesh, not bad input
         ctx.log(f"no mesh exported: {exc}")
         ctx.event(message="no surface found at export.threshold; no mesh exported")
         return None
     for fmt in cfg.formats:
-        path = write_mesh(mesh, ctx.path / f"mesh.{fmt}")
-        ctx.add_artifact(path, "mesh", format=fmt, up="y" if fmt == "glb" else "z")
+        path = write_mesh(asset.primary if fmt == "glb" else asset.colored, ctx.path / f"mesh.{fmt}")
+        ctx.add_artifact(path, "mesh", format=fmt, up="y" if fmt == "glb" else "z",
+                         textured=fmt == "glb" and asset.textured is not None)
+    mesh = asset.colored
     points, faces = trimesh.sample.sample_surface(mesh, cfg.pointcloud_points, seed=ctx.np_rng)
-    colors = mesh.visual.face_colors[faces, :3]  # averaged vertex colours (trimesh's grey when uncoloured)
+    colors = mesh.visual.face_colors[faces, :3]  # averaged vertex colours
     ctx.add_artifact(write_pointcloud_ply(points, colors, ctx.path / "pointcloud.ply"), "pointcloud", up="z")
-    frames = render_turntable(mesh, cfg.turntable_frames, cfg.turntable_size, cfg.turntable_elevation)
+    frames = render_turntable(asset.primary, cfg.turntable_frames, cfg.turntable_size, cfg.turntable_elevation)
     if cfg.video:
         ctx.add_artifact(write_video(frames, ctx.path / "turntable.mp4"), "turntable")
     if cfg.gif:
         ctx.add_artifact(write_gif(frames, ctx.path / "turntable.gif"), "turntable")
-    ctx.set_metrics(mesh_faces=len(mesh.faces), mesh_watertight=bool(mesh.is_watertight))
+    ctx.set_metrics(mesh_faces=len(mesh.faces), mesh_watertight=bool(mesh.is_watertight),
+                    mesh_threshold=round(asset.threshold, 4),
+                    **(asset.scores(views) if views is not None else {}))
     return mesh
 
 

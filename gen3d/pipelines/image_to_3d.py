@@ -36,6 +36,7 @@ from gen3d.pipelines.common import (
     estimate_object_export_seconds,
     estimate_views_seconds,
     export_field,
+    generated_scoring_views,
     fit_views,
     fitted_model,
     flat_rays,
@@ -137,7 +138,8 @@ def export(ctx: StageContext) -> None:
     if "model" not in ctx.shared:
         ctx.shared["model"] = _fitted(ctx) if cfg.method == "nv-recon" else text_to_3d.distilled_model(ctx)
     field, renderer = ctx.shared["model"]
-    export_field(ctx, field, cfg.export)
+    views = generated_scoring_views(ctx, field, renderer) if cfg.method == "nv-recon" else None
+    export_field(ctx, field, cfg.export, views)
     save_renders(ctx, field, renderer, eval_cameras(cfg.render_size))
 
 

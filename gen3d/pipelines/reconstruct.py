@@ -25,10 +25,12 @@ from gen3d.pipelines.common import (
     ExportConfig,
     estimate_export_seconds,
     export_field,
-    field_mesh,
+    field_asset,
     save_png,
 )
+from gen3d.pipelines.mesh_asset import ScoringViews
 from gen3d.recon import ReconConfig, ReconTrainer
+from gen3d.recon.trainer import composite_onto
 from gen3d.runs import Job, RunFolder, Stage, StageContext, atomic_output
 from gen3d.runs.checkpoint import load_checkpoint
 from gen3d.runs.folder import read_events
@@ -220,16 +222,23 @@ def _write_curve(ctx: StageContext) -> None:
     ctx.add_artifact(path, "curve")
 
 
-def evaluate(ctx: StageContext) -> None:
-    cfg: Config = ctx.config
-    data = _scene_data(ctx)
-    trainer = _trained(ctx)
+def _scored_views(cfg: Config, data: SceneData, log=None) -> Split:
+    """The views the field and its mesh are scored on: held-out views (the first
+    `evaluate.max_views`), else the training views."""
     views = data.holdout
     if views is None:
-        ctx.log("no held-out views (no test split and every training frame used); scoring training views")
+        if log is not None:
+            log("no held-out views (no test split and every training frame used); scoring training views")
         views = data.train
     if cfg.evaluate.max_views is not None:
         views = subset(views, list(range(min(cfg.evaluate.max_views, len(views)))))
+    return views
+
+
+def evaluate(ctx: StageContext) -> None:
+    data = _scene_data(ctx)
+    trainer = _trained(ctx)
+    views = _scored_views(ctx.config, data, ctx.log)
     result = trainer.evaluate(views.images, views.cameras)
     for i, rgb in enumerate(result["renders"]):
         path = ctx.path / "renders" / f"{i:03d}.png"
@@ -242,8 +251,18 @@ def evaluate(ctx: StageContext) -> None:
               psnr=result["psnr"], ssim=result["ssim"])
 
 
+def scoring_views(cfg: Config, data: SceneData, trainer: ReconTrainer) -> ScoringViews:
+    """The scored views as the export compares with them: images on the evaluation background and
+    the field's rendered opacity."""
+    views = _scored_views(cfg, data)
+    background = trainer.eval_background()
+    return ScoringViews(views.cameras, composite_onto(views.images.float(), background), tuple(background.tolist()),
+                        trainer.render(views.cameras)["opacity"])
+
+
 def export(ctx: StageContext) -> None:
-    export_field(ctx, _trained(ctx).field, ctx.config.export)
+    trainer = _trained(ctx)
+    export_field(ctx, trainer.field, ctx.config.export, scoring_views(ctx.config, _scene_data(ctx), trainer))
 
 
 # --- estimates ---------------------------------------------------------------------------------
@@ -284,9 +303,11 @@ def export_mesh(run: RunFolder, fmt: str, resolution: int | None, config_type: t
     ckpt = load_checkpoint(run.checkpoint_path("train"))
     if ckpt is None:
         raise UserError(f"{run.checkpoint_path('train')}: missing; the run has not finished training")
-    trainer = restored_trainer(cfg, load_data(cfg, run.manifest["inputs"]["scene"]), ckpt.state)
+    data = load_data(cfg, run.manifest["inputs"]["scene"])
+    trainer = restored_trainer(cfg, data, ckpt.state)
     resolution = resolution or cfg.export.resolution
-    mesh = field_mesh(trainer.field, cfg.export, resolution)
-    path = write_mesh(mesh, run.path / "export" / f"mesh-{resolution}.{fmt}")
+    asset = field_asset(trainer.field, cfg.export, resolution, scoring_views(cfg, data, trainer),
+                        texture=cfg.export.texture and fmt == "glb")
+    path = write_mesh(asset.primary, run.path / "export" / f"mesh-{resolution}.{fmt}")
     run.add_artifact(path, "mesh", "export", format=fmt, up="y" if fmt == "glb" else "z", resolution=resolution)
     return path

@@ -42,7 +42,7 @@ from gen3d.pipelines.common import (
     cached_prior,
     estimate_fit_seconds,
     estimate_views_seconds,
-    field_mesh,
+    field_asset,
     load_views,
     object_export_config,
     object_recon_config,
@@ -84,7 +84,8 @@ def _fit_recon() -> ReconConfig:
 
 def _export() -> ExportConfig:
     """One GLB per frame (no point cloud) and a 32-frame turntable while the clip plays."""
-    return dataclasses.replace(object_export_config(), formats=["glb"], target_faces=10_000, turntable_frames=32)
+    return dataclasses.replace(object_export_config(), formats=["glb"], target_faces=10_000, turntable_frames=32,
+                               texture=False)  # a GLB per frame: vertex colours keep 32 frames quick
 
 
 Method = Literal["mv-recon", "sds"]
@@ -248,7 +249,7 @@ def export(ctx: StageContext, make_trainer: TrainerFactory = _trainer) -> None:
     meshes = []
     for k, t in enumerate(times.tolist()):
         try:
-            mesh = field_mesh(field.at_time(t), cfg.export, cfg.export.resolution)
+            mesh = field_asset(field.at_time(t), cfg.export, cfg.export.resolution).primary
         except UserError as exc:  # an empty frame: nothing to mesh, not bad input
             ctx.log(f"frame {k}: no mesh ({exc})")
             continue

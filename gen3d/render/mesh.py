@@ -110,14 +110,39 @@ class RayCaster:
         return RayHits(hit, t, face, bary, normal)
 
 
+def sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """(P, 3) bilinear samples of an (H, W, C) image in [0, 1] at UVs (P, 2); v = 1 is the top row
+    (the glTF/OBJ convention), UVs outside [0, 1] clamp to the edge."""
+    h, w = image.shape[:2]
+    x = np.clip(uv[:, 0] * w - 0.5, 0, w - 1)
+    y = np.clip((1.0 - uv[:, 1]) * h - 0.5, 0, h - 1)
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = image[y0, x0, :3] * (1 - fx) + image[y0, x1, :3] * fx
+    bottom = image[y1, x0, :3] * (1 - fx) + image[y1, x1, :3] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _texture_image(visual) -> np.ndarray | None:
+    material = getattr(visual, "material", None)
+    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+    if image is None or visual.uv is None:
+        return None
+    return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+
+
 def surface_colors(mesh: trimesh.Trimesh, hits: RayHits, color: tuple[float, float, float] | None = None) -> np.ndarray:
-    """(R, 3) unlit colour at each hit (0 at misses): `color` if given, else the mesh's vertex colours
-    (barycentric interpolation), face colours, texture (sampled at the vertices), else grey."""
+    """(R, 3) unlit colour at each hit (0 at misses): `color` if given, else the mesh's texture
+    (bilinear, at the hit's interpolated UV), vertex colours (barycentric interpolation), face
+    colours, else grey."""
     visual = mesh.visual
-    if color is None and visual.kind == "texture":
-        visual = visual.to_color()
     rgb = np.zeros((len(hits.hit), 3))
-    if color is not None or visual.kind not in ("vertex", "face"):
+    texture = _texture_image(visual) if color is None and visual.kind == "texture" else None
+    if texture is not None:
+        corners = np.asarray(visual.uv, dtype=np.float64)[mesh.faces[hits.face[hits.hit]]]  # (h, 3, 2)
+        rgb[hits.hit] = sample_texture(texture, np.einsum("hk,hkc->hc", hits.bary[hits.hit], corners))
+    elif color is not None or visual.kind not in ("vertex", "face"):
         rgb[hits.hit] = color if color is not None else DEFAULT_COLOR
     elif visual.kind == "vertex":
         vc = np.asarray(visual.vertex_colors[:, :3], dtype=np.float64) / 255.0

@@ -1,0 +1,95 @@
+"""A trained field as the files a user takes away: a mesh coloured by what the field renders.
+
+Geometry comes from marching cubes over the density; colour does not come from the level set
+(where the colour head is barely trained, which made meshes pale) but from the field's radiance
+seen along each surface normal (`gen3d.render.surface`): into every texel of a UV atlas for the
+textured GLB, and onto the vertices for PLY, OBJ and the point cloud. `mesh_psnr` scores the
+exported mesh, rendered unlit, against the images the field itself is scored on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import trimesh
+from torch import Tensor
+
+from gen3d.cameras import Cameras
+from gen3d.export.metrics import mesh_psnr
+from gen3d.export.texture import ColorSource, auto_texture_size, bake_texture, color_vertices
+from gen3d.render.surface import surface_radiance
+from gen3d.render.volume import RadianceField
+
+DEFAULT_TEXTURE_SIZE = 1024  # without scoring views to size it from
+
+
+@dataclass
+class ScoringViews:
+    """Images an exported mesh is compared with (mesh_psnr) and sized for (automatic texture size):
+    cameras, images (N, H, W, 3) already composited onto `background`, and the field's rendered
+    opacity (N, H, W) at those cameras when known (the export matches its silhouettes)."""
+
+    cameras: Cameras
+    images: Tensor
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    opacity: Tensor | None = None
+
+    def pixel_footprint(self) -> float:
+        """World size of one pixel at the scene's centre, for the closest camera (the sharpest need)."""
+        distance = self.cameras.centers.norm(dim=-1)
+        return float((distance / self.cameras.fy).min())
+
+
+def field_color_source(field: RadianceField, reach: float) -> ColorSource:
+    """The field's radiance at surface points, seen along their normals (see gen3d.render.surface)."""
+
+    def source(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        rgb = surface_radiance(field, torch.tensor(points, dtype=torch.float32),
+                               torch.tensor(normals, dtype=torch.float32), reach)
+        return rgb.double().numpy()
+
+    return source
+
+
+def texture_size_for(mesh: trimesh.Trimesh, setting: int, views: ScoringViews | None) -> int:
+    """`export.texture_size`, or (0) a size fitted to how large the mesh appears in the scoring views."""
+    if setting > 0:
+        return setting
+    return DEFAULT_TEXTURE_SIZE if views is None else auto_texture_size(mesh, views.pixel_footprint())
+
+
+def reach_for(aabb: Tensor, resolution: int, cells: float) -> float:
+    """World length of `cells` marching-cubes cells (the longest box side)."""
+    extent = float((aabb[1] - aabb[0]).max())
+    return cells * extent / max(resolution - 1, 1)
+
+
+@dataclass
+class MeshAsset:
+    """The coloured mesh (vertex colours), when asked its textured twin (the GLB), and the density
+    level it was extracted at."""
+
+    colored: trimesh.Trimesh
+    textured: trimesh.Trimesh | None
+    threshold: float
+
+    @property
+    def primary(self) -> trimesh.Trimesh:
+        return self.textured if self.textured is not None else self.colored
+
+    def scores(self, views: ScoringViews) -> dict[str, float]:
+        scores = {"mesh_psnr": mesh_psnr(self.primary, views.cameras, views.images, views.background)}
+        if self.textured is not None:
+            scores["mesh_psnr_vertex"] = mesh_psnr(self.colored, views.cameras, views.images, views.background)
+        return {k: round(v, 4) if math.isfinite(v) else v for k, v in scores.items()}
+
+
+def mesh_asset(mesh: trimesh.Trimesh, source: ColorSource, texture: bool, texture_size: int,
+               threshold: float) -> MeshAsset:
+    """Colour a bare mesh (extracted at density `threshold`) from `source`: vertex colours always,
+    a baked texture when `texture`."""
+    textured = bake_texture(mesh, source, texture_size) if texture else None
+    return MeshAsset(color_vertices(mesh, source), textured, threshold)
