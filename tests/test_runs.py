@@ -17,8 +17,9 @@ import torch
 
 from gen3d.errors import UserError
 from gen3d.pipelines import PIPELINES, job_from_manifest
-from gen3d.runs import Job, RunFolder, Stage, atomic_output, read_events, read_manifest, resume_job, run_job
-from gen3d.runs.folder import atomic_write_json, new_run_dir
+from gen3d.io import atomic_output, atomic_write_json
+from gen3d.runs import Job, RunFolder, Stage, read_events, read_manifest, resume_job, run_job
+from gen3d.runs.folder import new_run_dir
 from gen3d.runs.job import derive_seed
 from gen3d.runs.progress import ProgressBar
 

@@ -30,7 +30,8 @@ EXIT_INTERRUPTED = 130  # the shell's convention for a run stopped by Ctrl-C / S
 HEADLINE_METRICS = ("psnr", "ssim", "chamfer", "clip_score")
 
 
-def _finish(run: RunFolder) -> None:
+def finish(run: RunFolder) -> None:
+    """Exit 130 when the run was interrupted (continue it with `gen3d resume`)."""
     if run.status == "interrupted":
         raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -45,7 +46,7 @@ def launch_job(job: Job, *, out: Path | None, dry: bool) -> None:
         return
     bar = ProgressBar()
     try:
-        _finish(run_job(job, out, on_event=bar))
+        finish(run_job(job, out, on_event=bar))
     finally:
         bar.close()
 
@@ -102,7 +103,7 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder whose run 
     run = RunFolder.open(run_dir)
     bar = ProgressBar()
     try:
-        _finish(resume_job(run, job_from_manifest(run.manifest), on_event=bar))
+        finish(resume_job(run, job_from_manifest(run.manifest), on_event=bar))
     finally:
         bar.close()
 

@@ -21,8 +21,8 @@ PIPELINES = {
     "text-to-4d": "gen3d.pipelines.text_to_4d",
     "image-to-4d": "gen3d.pipelines.image_to_4d",
     "reconstruct-prior": "gen3d.pipelines.fewview",
-    "selftest": "gen3d.server.selftest",
-    "train": "gen3d.commands.train",
+    "selftest": "gen3d.pipelines.selftest",
+    "train": "gen3d.training.pipeline",
 }
 
 

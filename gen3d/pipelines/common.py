@@ -40,7 +40,8 @@ from gen3d.fields.nerf import NerfField
 from gen3d.models.prior import Observed, Prior, load_prior
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.render.volume import VolumeRenderer
-from gen3d.runs import StageContext, atomic_output
+from gen3d.io import atomic_output
+from gen3d.runs import StageContext
 
 MeshFormat = Literal["glb", "ply", "obj"]
 

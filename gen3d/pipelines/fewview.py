@@ -56,7 +56,8 @@ from gen3d.pipelines.common import (
 )
 from gen3d.recon import ReconTrainer
 from gen3d.recon.trainer import premultiply
-from gen3d.runs import Job, RunFolder, Stage, StageContext, atomic_output
+from gen3d.io import atomic_output
+from gen3d.runs import Job, RunFolder, Stage, StageContext
 
 KIND = "reconstruct-prior"
 PRIOR_RADIUS = 2.5  # the camera distance the bundled prior was trained at (ShapeWorld)

@@ -16,7 +16,6 @@ camera to the photo (RGB and mask). Stages: distill -> export.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,6 +49,7 @@ from gen3d.pipelines.common import (
 )
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.render.volume import VolumeRenderer
+from gen3d.io import slugify
 from gen3d.runs import Job, Stage, StageContext
 from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS, eval_cameras
 
@@ -208,11 +208,6 @@ def _estimate_export(job: Job) -> float:
     return estimate_object_export_seconds(job.config.export, job.config.render_size)
 
 
-def slug(image: str) -> str:
-    """A folder-name tail from the image's file name."""
-    return re.sub(r"[^a-z0-9]+", "-", Path(image).stem.lower()).strip("-")[:40].rstrip("-") or "image"
-
-
 def build_job(config: Config, inputs: dict, seed: int) -> Job:
     if config.method not in METHODS:
         raise UserError(f"method must be one of {', '.join(METHODS)}, got '{config.method}'")
@@ -223,4 +218,4 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
     else:
         stages = [Stage("distill", distill, text_to_3d.estimate_distill_seconds)]
     stages.append(Stage("export", export, _estimate_export))
-    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["image"]), stages=stages)
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slugify(Path(inputs["image"]).stem, 40, "image"), stages=stages)

@@ -29,7 +29,8 @@ from gen3d.pipelines.common import (
     save_png,
 )
 from gen3d.recon import ReconConfig, ReconTrainer
-from gen3d.runs import Job, RunFolder, Stage, StageContext, atomic_output
+from gen3d.io import atomic_output
+from gen3d.runs import Job, RunFolder, Stage, StageContext
 from gen3d.runs.checkpoint import load_checkpoint
 from gen3d.runs.folder import read_events
 

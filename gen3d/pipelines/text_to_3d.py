@@ -15,7 +15,6 @@ field at the ShapeWorld evaluation orbit (role render), which the benchmark scor
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,6 +51,7 @@ from gen3d.pipelines.common import (
 )
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.render.volume import VolumeRenderer
+from gen3d.io import slugify
 from gen3d.runs import Job, Stage, StageContext
 from gen3d.shapeworld.scenes import ELEVATION_RANGE_DEG, FOV_Y_DEG, RADIUS, eval_cameras
 
@@ -332,12 +332,6 @@ def _estimate_export(job: Job) -> float:
     return estimate_object_export_seconds(job.config.export, job.config.render_size)
 
 
-def slug(prompt: str) -> str:
-    """A folder-name tail from the prompt: lowercase words joined by dashes, at most 40 characters."""
-    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
-    return words[:40].rstrip("-") or "prompt"
-
-
 def build_job(config: Config, inputs: dict, seed: int) -> Job:
     if config.method not in METHODS:
         raise UserError(f"method must be one of {', '.join(METHODS)}, got '{config.method}'")
@@ -348,6 +342,6 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
                   Stage("fit", fit, lambda job: estimate_fit_seconds(job.config.recon))]
     else:
         stages = [Stage("distill", distill, estimate_distill_seconds)]
-    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["prompt"]),
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slugify(inputs["prompt"], 40, "prompt"),
                stages=stages + [Stage("export", export, _estimate_export)])
 

@@ -50,10 +50,12 @@ from gen3d.pipelines.common import (
     save_png,
     train_checkpointed,
 )
-from gen3d.pipelines.text_to_3d import DistillConfig, FitConfig, seed_blob, slug
+from gen3d.pipelines.text_to_3d import DistillConfig, FitConfig, seed_blob
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.render.mesh import ShadingConfig, render_mesh
-from gen3d.runs import Job, Stage, StageContext, atomic_output
+from gen3d.io import atomic_output
+from gen3d.io import slugify
+from gen3d.runs import Job, Stage, StageContext
 from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS, eval_cameras
 
 KIND = "text-to-4d"
@@ -326,4 +328,4 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
     check_grid(config)
     if not str(inputs.get("prompt", "")).strip():
         raise UserError("the prompt is empty; describe a moving object, e.g. \"a red sphere bouncing\"")
-    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["prompt"]), stages=stages(config, views))
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slugify(inputs["prompt"], 40, "prompt"), stages=stages(config, views))

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gen3d.errors import UserError
-from gen3d.runs.folder import slugify
+from gen3d.io import slugify
 from gen3d.server import runs
 from gen3d.server.uploads import Upload, check_image_bytes, check_image_file
 

@@ -18,7 +18,7 @@ import torch
 from gen3d.cameras import Cameras
 from gen3d.errors import UserError
 from gen3d.render.mesh import MeshRender, ShadingConfig, render_mesh
-from gen3d.runs.folder import atomic_output, atomic_write_json
+from gen3d.io import atomic_output, atomic_write_json
 from gen3d.shapeworld.scenes import FOV_Y_DEG, sample_scene
 from gen3d.shapeworld.shapes import build_mesh
 from gen3d.shapeworld.spec import SceneSpec
