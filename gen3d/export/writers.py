@@ -15,8 +15,8 @@ from PIL import Image
 from scipy import ndimage
 
 from gen3d.errors import UserError
-from gen3d.render.mesh import RayCaster, RayHits, average_subsamples, surface_colors
 from gen3d.io import atomic_output
+from gen3d.render.mesh import RayCaster, RayHits, average_subsamples, surface_colors
 
 # Rotation by -90 degrees about x: world +z (up) -> glTF +y (up), world +y -> glTF -z.
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])

@@ -19,17 +19,13 @@ import torch
 
 from gen3d.config import from_dict
 from gen3d.data import Scene, Split, load_scene
+from gen3d.data.images import save_png
 from gen3d.errors import UserError
 from gen3d.export import write_mesh
-from gen3d.pipelines.common import (
-    ExportConfig,
-    estimate_export_seconds,
-    export_field,
-    field_mesh,
-    save_png,
-)
-from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.io import atomic_output
+from gen3d.pipelines.stages.costs import estimate_export_seconds
+from gen3d.pipelines.stages.export import ExportConfig, export_field, field_mesh
+from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.runs import Job, RunFolder, Stage, StageContext
 from gen3d.runs.checkpoint import load_checkpoint
 from gen3d.runs.folder import read_events
@@ -129,7 +125,7 @@ def recon_config(cfg: Config, scene: Scene) -> ReconConfig:
     return recon
 
 
-def _scene_data(ctx: StageContext) -> SceneData:
+def scene_data(ctx: StageContext) -> SceneData:
     """The scene from memory, or re-loaded from its folder (checked against the digest `load` saved)."""
     if "data" not in ctx.shared:
         data = load_data(ctx.config, ctx.inputs["scene"])
@@ -157,9 +153,9 @@ def restored_trainer(cfg: Config, data: SceneData, state: dict) -> ReconTrainer:
     return trainer
 
 
-def _trained(ctx: StageContext) -> ReconTrainer:
+def trained_engine(ctx: StageContext) -> ReconTrainer:
     if "trainer" not in ctx.shared:
-        ctx.shared["trainer"] = restored_trainer(ctx.config, _scene_data(ctx), ctx.read_checkpoint("train").state)
+        ctx.shared["trainer"] = restored_trainer(ctx.config, scene_data(ctx), ctx.read_checkpoint("train").state)
     return ctx.shared["trainer"]
 
 
@@ -188,7 +184,7 @@ def load(ctx: StageContext) -> None:
 
 def train(ctx: StageContext) -> None:
     cfg: Config = ctx.config
-    data = _scene_data(ctx)
+    data = scene_data(ctx)
     trainer = _trainer(cfg, data, ctx.stage_seed)
     total = cfg.recon.steps
     holdout = data.holdout
@@ -223,8 +219,8 @@ def _write_curve(ctx: StageContext) -> None:
 
 def evaluate(ctx: StageContext) -> None:
     cfg: Config = ctx.config
-    data = _scene_data(ctx)
-    trainer = _trained(ctx)
+    data = scene_data(ctx)
+    trainer = trained_engine(ctx)
     views = data.holdout
     if views is None:
         ctx.log("no held-out views (no test split and every training frame used); scoring training views")
@@ -244,7 +240,7 @@ def evaluate(ctx: StageContext) -> None:
 
 
 def export(ctx: StageContext) -> None:
-    export_field(ctx, _trained(ctx).field, ctx.config.export)
+    export_field(ctx, trained_engine(ctx).field, ctx.config.export)
 
 
 # --- estimates ---------------------------------------------------------------------------------
@@ -253,28 +249,28 @@ def _pixels(cfg: Config) -> int:
     return cfg.data.size[0] * cfg.data.size[1] if cfg.data.size else NOMINAL_PIXELS
 
 
-def _estimate_train(job: Job) -> float:
+def estimate_train(job: Job) -> float:
     cfg: Config = job.config
     evals = cfg.recon.steps // max(cfg.train.eval_every, 1) + 1
     return (cfg.recon.steps * cfg.recon.batch_rays * SECONDS_PER_TRAIN_RAY
             + evals * cfg.train.eval_views * _pixels(cfg) * SECONDS_PER_RENDER_RAY)
 
 
-def _estimate_evaluate(job: Job) -> float:
+def estimate_evaluate(job: Job) -> float:
     cfg: Config = job.config
     return (cfg.evaluate.max_views or 10) * _pixels(cfg) * SECONDS_PER_RENDER_RAY
 
 
-def _estimate_export(job: Job) -> float:
+def estimate_export(job: Job) -> float:
     return estimate_export_seconds(job.config.export)
 
 
 def build_job(config: Config, inputs: dict, seed: int) -> Job:
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=Path(inputs["scene"]).name, stages=[
         Stage("load", load, lambda job: 1.0),
-        Stage("train", train, _estimate_train),
-        Stage("evaluate", evaluate, _estimate_evaluate),
-        Stage("export", export, _estimate_export),
+        Stage("train", train, estimate_train),
+        Stage("evaluate", evaluate, estimate_evaluate),
+        Stage("export", export, estimate_export),
     ])
 
 

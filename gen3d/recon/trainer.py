@@ -67,7 +67,7 @@ def composite_onto(images: Tensor, background: Tensor) -> Tensor:
     return images[..., :3] * alpha + background * (1 - alpha)
 
 
-def premultiply(images: Tensor, alpha: Tensor | None, background: Tensor) -> tuple[Tensor, Tensor | None]:
+def premultiplied_with_alpha(images: Tensor, alpha: Tensor | None, background: Tensor) -> tuple[Tensor, Tensor | None]:
     """Colour times coverage (N, H, W, 3) and coverage (N, H, W, 1), from straight RGBA images or from
     RGB images composited onto `background` plus their alpha; RGB alone passes through."""
     if images.shape[-1] == 4:
@@ -119,7 +119,7 @@ class ReconTrainer:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         color = torch.tensor(cfg.render.background_color, dtype=torch.float32)
-        self.premultiplied, self.alpha = premultiply(images.float(), alpha, color)
+        self.premultiplied, self.alpha = premultiplied_with_alpha(images.float(), alpha, color)
         self.cameras = cameras
         self.has_alpha = self.alpha is not None
         weights = torch.ones(len(cameras)) if view_weights is None else torch.as_tensor(view_weights, dtype=torch.float32)
