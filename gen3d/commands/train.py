@@ -13,7 +13,7 @@ from gen3d.commands.jobs import finish
 from gen3d.commands.options import DryRunOpt, OutOpt, SeedOpt, SetOpt
 from gen3d.config import load_config
 from gen3d.errors import UserError
-from gen3d.pipelines import pipeline_module
+from gen3d.pipelines.kinds import pipeline_module
 from gen3d.runs import dry_run
 
 
