@@ -17,6 +17,8 @@ from gen3d.shapeworld.animated import pose_at
 from gen3d.shapeworld.dataset import ShapeWorldDataset, build_cache
 from gen3d.training.config import TrainConfig
 
+TEXT_CACHE_NAME = "text_embeddings.npz"  # every caption of a cache, embedded (precompute_text_embeddings)
+
 
 def cache_stage(ctx) -> None:
     d = ctx.config.data
@@ -72,3 +74,12 @@ def view_poses(dataset) -> np.ndarray:
     """Ground-truth object pose (scenes, views, 5) of every view of an animated cache."""
     motions = [json.loads(spec)["motion"] for spec in dataset.specs]
     return np.stack([[pose_at(m, float(t)) for t in row] for m, row in zip(motions, dataset.times)]).astype(np.float32)
+
+
+def precompute_text_embeddings(cache_dir: Path, encoder: TextEncoder | None = None) -> Path:
+    """Encode every caption of a cache into its on-disk text cache, so training never runs the
+    text model; `encoder` defaults to a `TextEncoder` on that file."""
+    path = Path(cache_dir) / TEXT_CACHE_NAME
+    encoder = encoder or TextEncoder(cache_file=path)
+    encoder.encode(ShapeWorldDataset(cache_dir, views=1).unique_captions())
+    return encoder.save_cache(path)
