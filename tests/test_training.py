@@ -15,8 +15,8 @@ from torch import nn
 from gen3d.cli import main
 from gen3d.training.trainer import (
     EMA,
-    TrainOptimConfig,
     Trainer,
+    TrainOptimConfig,
     batch_indices,
     save_loss_curve,
     smooth,

@@ -1,4 +1,4 @@
-"""The `selftest` job kind (the server's check of its queue): a few seconds of *fake* training, for checking the queue end to end.
+"""The `selftest` job kind: a few seconds of *fake* training, for checking the server's queue end to end.
 
 It trains nothing. The "train" stage sleeps `step_seconds` per step and logs a made-up loss curve
 (exponential decay with seeded noise) through the real job runner, so events, checkpoints, interrupts and
