@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gen3d.cameras import Cameras, flat_rays, random_orbit_set
+from gen3d.config import ranged
 from gen3d.diffusion.distill import VSD, anneal_t_range, sds_loss
 from gen3d.errors import UserError
 from gen3d.fields.nerf import FieldConfig, NerfField
@@ -27,9 +28,9 @@ DISTILL_METHODS = ("sds", "vsd")  # the methods whose model comes from the disti
 
 @dataclass
 class DistillConfig:
-    steps: int = 1500
-    lr: float = 1e-2
-    render_size: int = 24  # rendered pixels per side, upsampled to the prior's image size
+    steps: int = ranged(1500, low=0)
+    lr: float = ranged(1e-2, low=0.0)
+    render_size: int = ranged(24, low=1)  # rendered pixels per side, upsampled to the prior's image size
     step_size: float = 0.06  # ray-marching step while distilling (recon.render.step_size is the fit's)
     coarse_steps: int = 300  # only the coarse hash levels are active before this step
     coarse_levels: int = 4
@@ -46,8 +47,8 @@ class DistillConfig:
     density_bias: float = -3.0  # pre-activation density added everywhere: empty space around the blob
     lora_rank: int = 4
     lora_lr: float = 1e-3
-    checkpoint_every: int = 250
-    log_every: int = 25
+    checkpoint_every: int = ranged(250, low=1)
+    log_every: int = ranged(25, low=1)
 
 
 def render_for_prior(renderer: VolumeRenderer, field, cams: Cameras, background: PriorBackground,

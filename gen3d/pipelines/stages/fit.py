@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gen3d.config import ranged
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.runs import StageContext
 
@@ -13,8 +14,8 @@ TrainerFactory = Callable[[StageContext, int], ReconTrainer]  # (ctx, seed) -> t
 
 @dataclass
 class FitConfig:
-    checkpoint_every: int = 100
-    log_every: int = 25
+    checkpoint_every: int = ranged(100, low=1)
+    log_every: int = ranged(25, low=1)
 
 
 def object_recon_config() -> ReconConfig:

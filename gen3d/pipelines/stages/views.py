@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from gen3d.cameras import Cameras, from_fov
+from gen3d.config import ranged
 from gen3d.data.images import read_png, save_png
 from gen3d.errors import UserError
 from gen3d.io import atomic_output
@@ -27,7 +28,7 @@ from gen3d.runs import StageContext
 class ViewsConfig:
     passes: list[int] = dataclasses.field(default_factory=lambda: [8])  # views per sampling pass
     elevations: list[float] = dataclasses.field(default_factory=lambda: [15.0, 30.0])  # cycled over views
-    steps: int = 20  # sampler steps per pass
+    steps: int = ranged(20, low=1)  # sampler steps per pass
     guidance: float | None = None  # None: the prior's default
 
 
