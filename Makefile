@@ -9,7 +9,7 @@ demo: setup
 
 test: setup
 	@bash scripts/install_browser.sh
-	.venv/bin/python -m pytest -q
+	GEN3D_REQUIRE_SHARED=1 .venv/bin/python -m pytest -q
 
 bench: setup
 	.venv/bin/gen3d bench samplers --json bench-out/samplers.json

@@ -177,3 +177,30 @@ def unproject(pixels: Tensor, depth: Tensor | float, cams: Cameras) -> Tensor:
     y = -(pixels[None, :, 1] - cams.cy[:, None]) / cams.fy[:, None]
     p_cam = torch.stack([x, y, -torch.ones_like(x)], -1) * depth[..., None]
     return (cams.c2w[:, None, :3, :3] @ p_cam[..., None])[..., 0] + cams.centers[:, None, :]
+
+
+def pass_cameras(passes: list[int], elevations: list[float], radius: float, fov_y_deg: float, size: int) -> Cameras:
+    """Cameras for views generated in passes: each pass spreads its views evenly in azimuth, later
+    passes rotated to fall between earlier ones; elevations cycle through `elevations`."""
+    azimuths, elevs = [], []
+    for p, count in enumerate(passes):
+        for j in range(count):
+            azimuths.append(360.0 * (j + p / len(passes)) / count)
+            elevs.append(elevations[(j + p) % len(elevations)])
+    return orbit(elevs, azimuths, radius, fov_y_deg, size, size)
+
+
+def random_orbit_set(count: int, elevation_range: list[float], radius: float, fov_y_deg: float, size: int,
+                     generator: torch.Generator) -> Cameras:
+    """One multi-view set for score distillation: `count` azimuths evenly spaced from a random
+    offset, one random elevation in [min, max] degrees shared by the set."""
+    lo, hi = elevation_range
+    offset, elevation = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+    azimuths = [(360.0 * (offset + k / count)) % 360.0 for k in range(count)]
+    return orbit([lo + elevation * (hi - lo)] * count, azimuths, radius, fov_y_deg, size, size)
+
+
+def flat_rays(cams: Cameras) -> tuple[Tensor, Tensor]:
+    """Origins and directions (V*H*W, 3) through every pixel centre of `cams`, view after view."""
+    origins, dirs = generate_rays(cams)
+    return origins.reshape(-1, 3), dirs.reshape(-1, 3)

@@ -27,10 +27,8 @@ _state = {"verbose": False}
 _COMMAND_MODULES = [
     "gen3d.commands.bench",
     "gen3d.commands.demo",
-    "gen3d.commands.dynamic",
-    "gen3d.commands.generate",
-    "gen3d.commands.image",
     "gen3d.commands.jobs",
+    "gen3d.commands.kinds",
     "gen3d.commands.models",
     "gen3d.commands.serve",
     "gen3d.commands.train",

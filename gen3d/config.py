@@ -1,7 +1,8 @@
 """Typed configs: dataclasses filled from YAML and `--set key.sub=value` overrides.
 
 Unknown keys are errors that list the valid keys at that level, so a typo never silently
-falls back to a default.
+falls back to a default. No number may be NaN, and a field declared with `ranged` must lie in its
+range, so a bad value fails at load time with the key's name instead of deep inside a run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,21 @@ import yaml
 from gen3d.errors import UserError
 
 T = TypeVar("T")
+
+
+def ranged(default: Any, low: float | None = None, high: float | None = None) -> Any:
+    """A dataclass field with `default` whose value must lie in [low, high] (None: open on that side)."""
+    return dataclasses.field(default=default, metadata={"range": (low, high)})
+
+
+def _check_range(value: Any, bounds: tuple[float | None, float | None], where: str) -> None:
+    low, high = bounds
+    if value is None:
+        return
+    if low is not None and value < low:
+        raise UserError(f"config key '{where}' must be at least {low}, got {value!r}")
+    if high is not None and value > high:
+        raise UserError(f"config key '{where}' must be at most {high}, got {value!r}")
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -63,7 +79,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise UserError(f"config key '{where}' must be true or false, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise UserError(f"config key '{where}' must be a number, got {value!r}")
         return float(value)
     if tp is int:
@@ -87,6 +103,9 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             f"unknown config key '{prefix}{unknown[0]}'; valid keys at this level: {', '.join(sorted(fields))}"
         )
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    for name, value in kwargs.items():
+        if "range" in fields[name].metadata:
+            _check_range(value, fields[name].metadata["range"], prefix + name)
     return cls(**kwargs)
 
 

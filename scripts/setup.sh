@@ -25,7 +25,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# The viewer's built assets ship inside the package; build them when sources changed and npm exists.
-if [ -f viewer/package.json ] && command -v npm >/dev/null; then
-  bash scripts/build_viewer.sh
-fi
+# The viewer's built assets ship inside the package (not in git); build them when their sources changed.
+bash scripts/build_viewer.sh

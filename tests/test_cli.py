@@ -74,6 +74,9 @@ def test_bad_input_found_by_a_stage_leaves_no_run_folder(capsys, runs_root, tiny
     ("bogus=1", "unknown config key 'bogus'; valid keys at this level: data, evaluate, export, recon, train"),
     ("recon.steps=many", "config key 'recon.steps' must be an integer, got 'many'"),
     ("export.formats=[glb,stl]", "config key 'export.formats[1]' must be one of ['glb', 'ply', 'obj'], got 'stl'"),
+    ("recon.optim.lr=.nan", "config key 'recon.optim.lr' must be a number, got nan"),
+    ("recon.batch_rays=0", "config key 'recon.batch_rays' must be at least 1, got 0"),
+    ("recon.optim.final_lr_fraction=2", "config key 'recon.optim.final_lr_fraction' must be at most 1.0, got 2.0"),
 ])
 def test_bad_set_override_is_exit_2_naming_the_key(capsys, runs_root, tiny_scene, override, expected):
     code, _, err = run_cli(capsys, "reconstruct", tiny_scene, "--set", override, "--dry-run")

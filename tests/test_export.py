@@ -26,7 +26,7 @@ from gen3d.export import (
     write_textured_glb,
     write_video,
 )
-from gen3d.runs.folder import atomic_output
+from gen3d.io import atomic_output
 
 BOX = [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
 RADIUS = 0.6

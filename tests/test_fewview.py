@@ -12,7 +12,6 @@ from gen3d.cameras import orbit
 from gen3d.cli import main
 from gen3d.data import load_scene
 from gen3d.models.prior import Observed
-from gen3d.pipelines.common import cached_prior
 from gen3d.pipelines.fewview import (
     PRIOR_RADIUS,
     ScoreRegularizer,
@@ -24,6 +23,7 @@ from gen3d.pipelines.fewview import (
     to_prior_frame,
     to_scene_images,
 )
+from gen3d.pipelines.stages.resources import cached_prior
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.runs import read_manifest
 

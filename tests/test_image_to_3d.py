@@ -141,9 +141,10 @@ def test_mask_file_overrides_keying(tmp_path):
 
 @pytest.mark.skipif(not PRIOR_WEIGHTS.is_file(), reason="shapeworld-mv weights not shipped in this checkout")
 def test_observed_view_conditions_the_generated_colour(tmp_path):
+    from gen3d.cameras import pass_cameras
     from gen3d.models.prior import Observed
-    from gen3d.pipelines.common import cached_prior, pass_cameras
     from gen3d.pipelines.image_to_3d import input_camera
+    from gen3d.pipelines.stages.resources import cached_prior
     from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS
 
     prior = cached_prior("shapeworld-mv", None)
@@ -195,10 +196,3 @@ def test_short_sds_run_fits_the_photo_at_its_camera(tmp_path):
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     reference = [e["reference_loss"] for e in events if "reference_loss" in e]
     assert len(reference) == 6 and reference[-1] < reference[0]  # the photo's own loss goes down
-
-
-def test_shipped_default_config_file_equals_the_code_defaults():
-    from gen3d.config import load_config, to_dict
-    from gen3d.pipelines import image_to_3d
-
-    assert to_dict(load_config(image_to_3d.Config, ROOT / "configs" / "image-to-3d.yaml")) == to_dict(image_to_3d.Config())

@@ -29,6 +29,7 @@ from gen3d.models.adapters import (
     resolve_device,
     resolve_dtype,
 )
+from gen3d.models.adapters.checkpoints import write_component, write_tokenizer
 from gen3d.models.adapters.convert import (
     CLIP_PROCESSOR,
     COMPONENTS,
@@ -40,8 +41,6 @@ from gen3d.models.adapters.convert import (
     layout,
     to_folder,
     to_original,
-    write_component,
-    write_tokenizer,
 )
 from gen3d.models.adapters.mvdream import mvdream_camera
 from gen3d.models.adapters.sd import view_direction

@@ -144,9 +144,3 @@ def test_export_command_adds_a_mesh_at_another_resolution(reference_run, tmp_pat
     coarse = trimesh.load(run_dir / "export" / "mesh-24.obj", force="mesh")
     fine = trimesh.load(run_dir / "mesh.obj", force="mesh")
     assert 0 < len(coarse.faces) < len(fine.faces)
-
-
-def test_shipped_default_config_file_equals_the_code_defaults():
-    from gen3d.config import to_dict
-
-    assert to_dict(load_config(reconstruct.Config, ROOT / "configs" / "reconstruct.yaml")) == to_dict(reconstruct.Config())

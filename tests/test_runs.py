@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from gen3d.errors import UserError
-from gen3d.pipelines import PIPELINES, job_from_manifest
-from gen3d.runs import Job, RunFolder, Stage, atomic_output, read_events, read_manifest, resume_job, run_job
-from gen3d.runs.folder import atomic_write_json, new_run_dir
+from gen3d.io import atomic_output, atomic_write_json
+from gen3d.pipelines import job_from_manifest
+from gen3d.pipelines.kinds import KINDS, JobKind
+from gen3d.runs import Job, RunFolder, Stage, read_events, read_manifest, resume_job, run_job
+from gen3d.runs.folder import new_run_dir
 from gen3d.runs.job import derive_seed
 from gen3d.runs.progress import ProgressBar
 
@@ -157,7 +159,7 @@ def test_interrupted_then_resumed_matches_uninterrupted(tmp_path, interrupt):
 
 
 def test_resume_rebuilds_job_from_manifest_registry(tmp_path, monkeypatch):
-    monkeypatch.setitem(PIPELINES, "toy", __name__)
+    monkeypatch.setitem(KINDS, "toy", JobKind("toy", "", "", "", module=__name__, command=False, form=False))
     run = run_job(toy(interrupt_at=5), tmp_path / "cut", echo=quiet)
     job = job_from_manifest(read_manifest(run.path))
     assert job.config == Config() and job.seed == 3 and job.inputs == {"name": "toy scene"}

@@ -13,12 +13,12 @@ from gen3d.cameras import look_at, orbit, project, unproject
 from gen3d.data import load_scene, select_views, write_nerfstudio
 from gen3d.data import writer as writer_module
 from gen3d.errors import UserError
+from gen3d.settings import data_dir
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-LEGO = DATA / "nerf_synthetic_lego_subset"
-FERN = DATA / "llff_fern_lowres"
-needs_lego = pytest.mark.skipif(not LEGO.is_dir(), reason="shared lego subset not present")
-needs_fern = pytest.mark.skipif(not FERN.is_dir(), reason="shared fern capture not present")
+LEGO = data_dir(required=False) / "nerf_synthetic_lego_subset"
+FERN = data_dir(required=False) / "llff_fern_lowres"
+needs_lego = pytest.mark.shared_data("nerf_synthetic_lego_subset")
+needs_fern = pytest.mark.shared_data("llff_fern_lowres")
 
 W, H = 8, 6
 
@@ -71,8 +71,6 @@ def _llff(root: Path, n: int = 10, folder: str = "images_8") -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def lego():
-    if not LEGO.is_dir():
-        pytest.skip("shared lego subset not present")
     return load_scene(LEGO, downscale=8)
 
 
@@ -125,8 +123,6 @@ def test_lego_round_trip_through_nerfstudio_writer(lego, tmp_path):
 
 @pytest.fixture(scope="module")
 def fern():
-    if not FERN.is_dir():
-        pytest.skip("shared fern capture not present")
     return load_scene(FERN)
 
 

@@ -24,9 +24,9 @@ from gen3d.server.app import create_app
 from gen3d.server.jobkinds import JOB_KINDS
 from gen3d.server.jobqueue import QUEUE_FILE, JobQueue
 from gen3d.server.uploads import MAX_UPLOAD_BYTES
+from gen3d.settings import data_dir
 
 ALL_KINDS = set(JOB_KINDS)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def png_bytes(size=(16, 12), color=(10, 200, 30)) -> bytes:
@@ -239,9 +239,9 @@ def test_unavailable_kind_is_refused(runs_dir: Path):
     assert response.status_code == 400 and "not available" in response.json()["error"]
 
 
-@pytest.mark.skipif(not (DATA / "nerf_synthetic_lego_subset").is_dir(), reason="shared test data not present")
+@pytest.mark.shared_data("nerf_synthetic_lego_subset")
 def test_reconstruct_job_command_line(client: TestClient, runs_dir: Path):
-    scene = DATA / "nerf_synthetic_lego_subset"
+    scene = data_dir(required=False) / "nerf_synthetic_lego_subset"
     job = client.post("/api/jobs", json={"kind": "reconstruct", "options": {"scene": str(scene), "views": 3,
                                                                             "set": ["train.steps=5"]}}).json()
     argv = JOB_KINDS["reconstruct"].argv(job["options"], runs_dir / job["run_id"])

@@ -101,7 +101,8 @@ def test_lru_keeps_the_most_recently_used_prompts(encoder, tmp_path):
 
 
 def test_precomputed_cache_captions_need_no_model(encoder, tmp_path, monkeypatch):
-    from gen3d.shapeworld.dataset import ShapeWorldDataset, build_cache, precompute_text_embeddings
+    from gen3d.shapeworld.dataset import ShapeWorldDataset, build_cache
+    from gen3d.training.data import precompute_text_embeddings
 
     build_cache(tmp_path / "c", n_scenes=2, views_per_scene=1, size=8, captions_per_scene=1)
     path = precompute_text_embeddings(tmp_path / "c", TextEncoder(model=encoder.model))

@@ -14,7 +14,7 @@ from run_helpers import hashes
 
 from gen3d.cameras import orbit
 from gen3d.cli import main
-from gen3d.config import load_config, to_dict
+from gen3d.config import load_config
 from gen3d.models.prior import load_prior
 from gen3d.pipelines import text_to_4d
 from gen3d.runs import read_manifest, run_job
@@ -129,9 +129,3 @@ def test_image_to_4d_animates_a_photo_and_refuses_bad_files(tmp_path, capsys):
     bad.write_text("not an image")
     assert main(["image-to-4d", str(bad), "--prompt", "a ball bouncing", "--out", str(tmp_path / "b")]) == 2
     assert "bad.png" in capsys.readouterr().err and not (tmp_path / "b").exists()
-
-
-def test_shipped_default_config_file_equals_the_code_defaults():
-    loaded = load_config(text_to_4d.Config, ROOT / "configs" / "text-to-4d.yaml")
-    assert to_dict(loaded) == to_dict(text_to_4d.Config())
-    assert loaded.recon.spacetime.enabled

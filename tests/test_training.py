@@ -13,10 +13,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from gen3d.cli import main
-from gen3d.models.training import (
+from gen3d.training.trainer import (
     EMA,
-    OptimConfig,
     Trainer,
+    TrainOptimConfig,
     batch_indices,
     save_loss_curve,
     smooth,
@@ -54,7 +54,7 @@ def _toy_problem():
 
 def _toy_trainer(steps: int = 6) -> Trainer:
     torch.manual_seed(1)
-    return Trainer(nn.Linear(4, 2), OptimConfig(steps=steps, lr=0.1, warmup_steps=2, grad_clip=0.5, ema_decay=0.9))
+    return Trainer(nn.Linear(4, 2), TrainOptimConfig(steps=steps, lr=0.1, warmup_steps=2, grad_clip=0.5, ema_decay=0.9))
 
 
 def test_trainer_resume_is_bit_identical():

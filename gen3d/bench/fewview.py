@@ -22,8 +22,9 @@ from gen3d.config import load_config
 from gen3d.data import Scene, Split
 from gen3d.data.writer import write_nerfstudio
 from gen3d.pipelines import fewview
-from gen3d.pipelines.common import cached_prior
+from gen3d.pipelines.stages.resources import cached_prior
 from gen3d.runs import run_job
+from gen3d.settings import data_dir
 from gen3d.shapeworld.dataset import render_spec
 from gen3d.shapeworld.scenes import eval_cameras, sample_scene
 
@@ -31,7 +32,6 @@ PRIOR = "shapeworld-mv"
 PRIOR_MODES = ("off",) + fewview.MODES
 SCENE_SEED = 7  # the held-out objects benchmarked (any fixed seed; never the prior's training draws)
 TRAIN_CAMERAS = 6
-LEGO = Path(__file__).resolve().parents[3] / "shared" / "data" / "nerf_synthetic_lego_subset"
 
 # The engine for object-centric scenes with alpha: view-independent colour, mask loss, random
 # backgrounds; one thread, as two crawl when anything else shares the 2-core machine.
@@ -104,9 +104,10 @@ def run(quick: bool, out_dir: Path) -> list[dict]:
                     row = run_one(scene, views, prior, common, tmp / f"run-sw{index}-{views}-{prior}")
                     sw_rows.append({"dataset": f"shapeworld-heldout-{index}", **row})
         rows += sw_rows + _mean_rows(sw_rows, "shapeworld-heldout")
-        if LEGO.is_dir():
+        lego = data_dir(required=False) / "nerf_synthetic_lego_subset"
+        if lego.is_dir():
             for views in ((3,) if quick else (3, 6, 9)):
                 for prior in PRIOR_MODES:
-                    row = run_one(LEGO, views, prior, common + ["data.size=[100,100]"], tmp / f"run-lego-{views}-{prior}")
+                    row = run_one(lego, views, prior, common + ["data.size=[100,100]"], tmp / f"run-lego-{views}-{prior}")
                     rows.append({"dataset": "lego", **row})
     return rows

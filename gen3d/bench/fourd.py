@@ -25,6 +25,7 @@ from PIL import Image
 from gen3d.export.metrics import mask_iou
 from gen3d.export.writers import Z_UP_TO_Y_UP
 from gen3d.pipelines import text_to_4d
+from gen3d.pipelines.stages.resources import cached_prior
 from gen3d.render.mesh import render_mesh
 from gen3d.runs import read_manifest, run_job
 from gen3d.shapeworld import HELD_OUT
@@ -94,7 +95,7 @@ def _mean_row(frames: int, rows: list[dict]) -> dict:
 
 def run(quick: bool, out_dir: Path) -> list[dict]:
     start = time.perf_counter()
-    text_to_4d.cached_prior("shapeworld-4d", None)
+    cached_prior("shapeworld-4d", None)
     rows: list[dict] = [{"caption": "load", "frames": "-", "seconds": time.perf_counter() - start}]
     with tempfile.TemporaryDirectory() as tmp:
         for frames in FRAME_COUNTS:

@@ -95,10 +95,10 @@ def consistency_psnr(images: torch.Tensor, cams: Cameras, held_out: int = 0) -> 
     try:
         from gen3d.config import load_config
         from gen3d.recon.trainer import ReconConfig, ReconTrainer
+        from gen3d.settings import configs_dir
     except ImportError:
         return None
-    preset = Path(__file__).resolve().parents[2] / "configs" / "recon" / "ci.yaml"
-    cfg = load_config(ReconConfig, preset if preset.is_file() else None,
+    cfg = load_config(ReconConfig, configs_dir() / "recon" / "ci.yaml",
                       ["field.view_dependent=false", "steps=300", "threads=1"])
     keep = [i for i in range(len(cams)) if i != held_out]
     hwc = images.permute(0, 2, 3, 1).contiguous()

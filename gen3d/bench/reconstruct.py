@@ -26,12 +26,10 @@ from gen3d.cameras import Cameras, orbit
 from gen3d.config import load_config
 from gen3d.errors import UserError
 from gen3d.recon import ReconConfig, ReconTrainer, pixel_rays, psnr
+from gen3d.settings import configs_dir, data_dir
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
-LEGO = DATA / "nerf_synthetic_lego_subset"
-SPOT = DATA / "meshes" / "spot.obj"
-CONFIGS = REPO / "configs" / "recon"
+LEGO = "nerf_synthetic_lego_subset"  # scenes and meshes in the shared data folder (gen3d.settings)
+SPOT = "meshes/spot.obj"
 SEED = 0
 TARGET_DB = 20.0
 SURFACE_DENSITY = 10.0  # marching-cubes level, as in the reconstruct pipeline's export default
@@ -55,7 +53,7 @@ FULL = Plan(views=(8, 16, 30), checkpoints=(60.0, 180.0, 600.0), baseline_cap=18
 
 
 def engine_config(name: str, aabb: Tensor | None = None, *overrides: str) -> ReconConfig:
-    cfg = load_config(ReconConfig, CONFIGS / f"{name}.yaml", list(overrides))
+    cfg = load_config(ReconConfig, configs_dir() / "recon" / f"{name}.yaml", list(overrides))
     cfg.threads = 0  # keep the process's thread count (OMP_NUM_THREADS), recorded in the report's env
     if aabb is not None:
         cfg.render.aabb = [float(v) for v in aabb.reshape(-1)]
@@ -118,7 +116,7 @@ def time_to_target(trainer: ReconTrainer, watch: Stopwatch, probe: HeldOutPixels
 def lego_rows(plan: Plan, views: int, probe_target: bool) -> tuple[list[dict], float | None]:
     from gen3d.data import load_scene
 
-    scene = load_scene(LEGO, size=(100, 100), views=views)
+    scene = load_scene(data_dir() / LEGO, size=(100, 100), views=views)
     test = scene.test
     trainer = ReconTrainer(engine_config("fast", scene.aabb), scene.train.images, scene.train.cameras, seed=SEED,
                            alpha=scene.train.alpha)
@@ -146,7 +144,7 @@ def method_row(name: str, config: str, seconds: float, probe_every: float, full_
     """
     from gen3d.data import load_scene
 
-    scene = load_scene(LEGO, size=(100, 100), views=30)
+    scene = load_scene(data_dir() / LEGO, size=(100, 100), views=30)
     trainer = ReconTrainer(engine_config(config, scene.aabb, *overrides), scene.train.images, scene.train.cameras,
                            seed=SEED, alpha=scene.train.alpha)
     watch = Stopwatch()
@@ -173,7 +171,7 @@ def geometry_row(seconds: float) -> dict:
     from gen3d.export.metrics import chamfer_distance
     from gen3d.render.mesh import ShadingConfig, render_mesh
 
-    mesh = trimesh.load(SPOT, force="mesh", process=True)
+    mesh = trimesh.load(data_dir() / SPOT, force="mesh", process=True)
     mesh.apply_translation(-mesh.bounds.mean(0))
     mesh.apply_scale(1.6 / mesh.extents.max())
     g = torch.Generator().manual_seed(SEED)
@@ -197,8 +195,8 @@ def geometry_row(seconds: float) -> dict:
 
 
 def run(quick: bool, out_dir: Path) -> list[dict]:
-    if not LEGO.is_dir():
-        raise UserError(f"benchmark data not found: {LEGO} (see shared/data/SOURCES.md)")
+    if not (data_dir() / LEGO).is_dir():
+        raise UserError(f"benchmark data not found: {data_dir() / LEGO} (see shared/data/SOURCES.md)")
     plan = QUICK if quick else FULL
     rows: list[dict] = []
     engine_time = None

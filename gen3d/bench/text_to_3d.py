@@ -22,6 +22,7 @@ from PIL import Image
 
 from gen3d.export.metrics import chamfer_distance, mask_iou
 from gen3d.pipelines import text_to_3d
+from gen3d.pipelines.stages.resources import cached_prior
 from gen3d.render.mesh import render_mesh
 from gen3d.runs import read_manifest, run_job
 from gen3d.shapeworld import HELD_OUT
@@ -78,7 +79,7 @@ def _mean_row(method: str, rows: list[dict]) -> dict:
 
 def run(quick: bool, out_dir: Path) -> list[dict]:
     start = time.perf_counter()
-    text_to_3d.cached_prior("shapeworld-mv", None)
+    cached_prior("shapeworld-mv", None)
     rows: list[dict] = [{"method": "load", "caption": "-", "seconds": time.perf_counter() - start}]
     with tempfile.TemporaryDirectory() as tmp:
         for method in text_to_3d.METHODS:

@@ -1,5 +1,5 @@
-"""`gen3d reconstruct`, `gen3d resume`, `gen3d runs`, `gen3d export`, and `launch_job`, the one
-way every job command (text-to-3d, image-to-3d, ...) starts a run."""
+"""`gen3d resume`, `gen3d runs`, `gen3d export`, and `launch_pipeline`, the one way every job
+command (text-to-3d, image-to-3d, ...) starts a run."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import typer
 
 from gen3d.bench.report import format_table
 from gen3d.cli import app
-from gen3d.commands.options import ConfigOpt, DryRunOpt, OutOpt, SeedOpt, SetOpt
 from gen3d.config import load_config
-from gen3d.data.readers import detect
 from gen3d.errors import UserError
-from gen3d.pipelines import job_from_manifest, pipeline_module
+from gen3d.pipelines import job_from_manifest
+from gen3d.pipelines.kinds import pipeline_module
 from gen3d.runs import (
     Job,
     RunFolder,
@@ -30,7 +29,8 @@ EXIT_INTERRUPTED = 130  # the shell's convention for a run stopped by Ctrl-C / S
 HEADLINE_METRICS = ("psnr", "ssim", "chamfer", "clip_score")
 
 
-def _finish(run: RunFolder) -> None:
+def finish(run: RunFolder) -> None:
+    """Exit 130 when the run was interrupted (continue it with `gen3d resume`)."""
     if run.status == "interrupted":
         raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -45,7 +45,7 @@ def launch_job(job: Job, *, out: Path | None, dry: bool) -> None:
         return
     bar = ProgressBar()
     try:
-        _finish(run_job(job, out, on_event=bar))
+        finish(run_job(job, out, on_event=bar))
     finally:
         bar.close()
 
@@ -66,32 +66,6 @@ def launch_pipeline(kind: str, inputs: dict, *, config: Path | None, overrides: 
     launch_job(module.build_job(cfg, inputs, seed), out=out, dry=dry)
 
 
-@app.command("reconstruct")
-def reconstruct(
-    scene: Annotated[Path, typer.Argument(help="Scene folder: transforms.json, transforms_train.json or poses_bounds.npy.")],
-    views: Annotated[int | None, typer.Option("--views", help="Train on K views (farthest-point sampling).")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Training steps.")] = None,
-    prior: Annotated[str | None, typer.Option("--prior", help="Few-view: a prior filling in unseen sides (e.g. shapeworld-mv).")] = None,
-    prior_mode: Annotated[str | None, typer.Option(
-        "--prior-mode", help="With --prior: cat3d (generated views at new cameras, default) or reconfusion "
-                             "(a score-distillation regulariser at random new cameras).")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    seed: SeedOpt = 0,
-    out: OutOpt = None,
-    dry: DryRunOpt = False,
-) -> None:
-    """Fit a radiance field to a posed scene, evaluate it on held-out views and export a mesh."""
-    detect(scene)  # a missing or unrecognised scene folder fails here, before anything is written
-    if prior_mode is not None and prior is None:
-        raise UserError("--prior-mode needs --prior NAME (the prior the mode uses)")
-    flags = {"data.views": views, "recon.steps": steps}
-    if prior is not None:
-        flags |= {"prior.name": prior, "prior.mode": prior_mode}
-    launch_pipeline("reconstruct" if prior is None else "reconstruct-prior", {"scene": str(scene.resolve())},
-                    config=config, overrides=set_, flags=flags, seed=seed, out=out, dry=dry)
-
-
 @app.command("resume")
 def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder whose run was interrupted or failed.")]) -> None:
     """Continue an interrupted or failed run where it stopped.
@@ -102,7 +76,7 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder whose run 
     run = RunFolder.open(run_dir)
     bar = ProgressBar()
     try:
-        _finish(resume_job(run, job_from_manifest(run.manifest), on_event=bar))
+        finish(resume_job(run, job_from_manifest(run.manifest), on_event=bar))
     finally:
         bar.close()
 

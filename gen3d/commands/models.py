@@ -23,7 +23,7 @@ def convert(
         "--trust-pickle", help="Allow .ckpt/.pt files that pickle more than tensors (runs code from the file).")] = False,
 ) -> None:
     """Convert an original Stable Diffusion, Zero123 / Stable Zero123 or MVDream checkpoint into a model folder."""
-    from gen3d.models.adapters.convert import convert_checkpoint
+    from gen3d.models.adapters.checkpoints import convert_checkpoint
 
     lay = convert_checkpoint(kind, path, out, tokenizer=tokenizer, prediction=prediction, trust_pickle=trust_pickle)
     tensors = sum(len(rules) for rules in lay.rules.values())

@@ -1,4 +1,4 @@
-"""`gen3d serve` (the web viewer and job server) and `gen3d selftest` (the server's check-the-queue job)."""
+"""`gen3d serve`: the web viewer and job server."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 
 from gen3d.cli import app
-from gen3d.commands.jobs import launch_pipeline
-from gen3d.commands.options import ConfigOpt, DryRunOpt, OutOpt, SeedOpt, SetOpt
 from gen3d.runs import runs_root
 
 
@@ -25,19 +23,3 @@ def serve(
 
     launcher.serve(launcher.ServeConfig(runs_dir=runs_root() if runs_dir is None else runs_dir, host=host,
                                         port=port, workers=workers))
-
-
-@app.command("selftest", hidden=True)
-def selftest(
-    steps: Annotated[int | None, typer.Option("--steps", help="Fake training steps.")] = None,
-    step_seconds: Annotated[float | None, typer.Option("--step-seconds", help="Seconds per fake step.")] = None,
-    fail: Annotated[bool, typer.Option("--fail", help="Fail at the last step.")] = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    seed: SeedOpt = 0,
-    out: OutOpt = None,
-    dry: DryRunOpt = False,
-) -> None:
-    """A few seconds of fake training through the real job runner; checks `gen3d serve`'s queue (trains nothing)."""
-    launch_pipeline("selftest", {}, config=config, overrides=set_, seed=seed, out=out, dry=dry,
-                    flags={"steps": steps, "step_seconds": step_seconds, "fail": fail or None})

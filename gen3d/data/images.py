@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from gen3d.errors import UserError
+from gen3d.io import atomic_output
 
 MAX_PIXELS = 50_000_000
 """Larger images are refused before decoding: a 50 MP float RGBA image alone needs 800 MB."""
@@ -125,3 +126,15 @@ def resize(image: Tensor, size: tuple[int, int]) -> Tensor:
     else:
         out = F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     return out[0].permute(1, 2, 0).contiguous()
+
+
+def save_png(image: Tensor, path: Path) -> None:
+    """An (H, W, 3 or 4) image in [0, 1] as an 8-bit PNG, written atomically."""
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    with atomic_output(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+def read_png(path: Path) -> Tensor:
+    """An 8-bit PNG of our own (saved by `save_png`) as float (H, W, C) in [0, 1]."""
+    return torch.from_numpy(np.array(Image.open(path))).float() / 255

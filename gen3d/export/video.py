@@ -15,8 +15,8 @@ import numpy as np
 import trimesh
 
 from gen3d.cameras import turntable
+from gen3d.io import atomic_output
 from gen3d.render.mesh import ShadingConfig, render_mesh
-from gen3d.runs.folder import atomic_output
 
 # Fraction of the frame height left around the object's bounding sphere when the radius is automatic.
 _FRAME_MARGIN = 1.15

@@ -14,7 +14,7 @@ import trimesh
 
 from gen3d.errors import UserError
 from gen3d.export.texture import bake_texture
-from gen3d.runs.folder import atomic_output
+from gen3d.io import atomic_output
 
 # Rotation by -90 degrees about x: world +z (up) -> glTF +y (up), world +y -> glTF -z.
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])

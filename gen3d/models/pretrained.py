@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gen3d.errors import UserError
-from gen3d.runs.folder import atomic_output, atomic_write_json
+from gen3d.io import atomic_output, atomic_write_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

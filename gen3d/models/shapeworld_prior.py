@@ -27,11 +27,11 @@ from gen3d.diffusion.guidance import CFGDenoiser
 from gen3d.diffusion.samplers import sample as run_sampler
 from gen3d.diffusion.schedules import DiscreteSchedule
 from gen3d.errors import UserError
+from gen3d.io import atomic_write_json, sha256_file
 from gen3d.models.autoencoder import decode_rgba, encode_mean
 from gen3d.models.multiview import MultiViewDenoiser
 from gen3d.models.prior import Observed, Prior
 from gen3d.models.text import TextEmbedding, TextEncoder
-from gen3d.runs.folder import atomic_write_json, sha256_file
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "priors" / "shapeworld-mv"
 MANIFEST = "manifest.json"

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from gen3d.errors import UserError
-from gen3d.runs.folder import atomic_output
+from gen3d.io import atomic_output
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 MAX_TOKENS = 24  # including [CLS] and [SEP]; longer prompts are truncated

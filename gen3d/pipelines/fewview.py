@@ -35,28 +35,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gen3d.cameras import Cameras, orbit
+from gen3d.cameras import Cameras, orbit, random_orbit_set
 from gen3d.data import Split
-from gen3d.data.images import resize
+from gen3d.data.images import read_png, resize, save_png
 from gen3d.diffusion.distill import anneal_t_range, sds_loss
 from gen3d.errors import UserError
 from gen3d.export.metrics import mask_iou
+from gen3d.io import atomic_output
 from gen3d.models.prior import Observed, Prior
 from gen3d.pipelines import reconstruct
-from gen3d.pipelines.common import (
-    SECONDS_PER_DISTILL_PIXEL,
-    SECONDS_PER_DISTILL_VIEW,
-    cached_prior,
-    estimate_views_seconds,
-    random_orbit_set,
-    read_png,
-    render_for_prior,
-    save_png,
-    train_checkpointed,
-)
+from gen3d.pipelines.stages.costs import distill_step_seconds, estimate_views_seconds
+from gen3d.pipelines.stages.distill import render_for_prior
+from gen3d.pipelines.stages.fit import train_checkpointed
+from gen3d.pipelines.stages.resources import cached_prior
 from gen3d.recon import ReconTrainer
-from gen3d.recon.trainer import premultiply
-from gen3d.runs import Job, RunFolder, Stage, StageContext, atomic_output
+from gen3d.recon.trainer import premultiplied_with_alpha
+from gen3d.runs import Job, RunFolder, Stage, StageContext
 
 KIND = "reconstruct-prior"
 PRIOR_RADIUS = 2.5  # the camera distance the bundled prior was trained at (ShapeWorld)
@@ -146,7 +140,7 @@ def nearest_views(observed: Cameras, targets: Cameras, k: int) -> list[int]:
 
 def straight_rgba(split: Split, background: tuple[float, float, float], size: int) -> Tensor:
     """A split's images as straight RGBA (N, 4, size, size) for the prior (alpha 1 where it has none)."""
-    premult, alpha = premultiply(split.images, split.alpha, torch.tensor(background))
+    premult, alpha = premultiplied_with_alpha(split.images, split.alpha, torch.tensor(background))
     if alpha is None:
         alpha = torch.ones_like(premult[..., :1])
     small = torch.stack([resize(image, (size, size)) for image in torch.cat([premult, alpha], -1)])
@@ -229,7 +223,7 @@ def views(ctx: StageContext) -> None:
     """cat3d: generated views as `generated/NNN.png` (RGBA at the prior's size) and `generated.json`
     (their scene cameras)."""
     cfg: Config = ctx.config
-    data = reconstruct._scene_data(ctx)
+    data = reconstruct.scene_data(ctx)
     prior = cached_prior(cfg.prior.name, cfg.prior.model_path)
     train = data.train
     targets = novel_cameras(train.cameras, cfg.prior.novel_views, cfg.prior.elevations)
@@ -249,7 +243,7 @@ def views(ctx: StageContext) -> None:
 
 def observed_views(ctx: StageContext, prior: Prior) -> Observed:
     """The training views as the prior's observed views: straight RGBA at its size, scene cameras."""
-    data = reconstruct._scene_data(ctx)
+    data = reconstruct.scene_data(ctx)
     return Observed(straight_rgba(data.train, data.scene.background, prior.image_size), data.train.cameras)
 
 
@@ -257,7 +251,7 @@ def training_set(ctx: StageContext) -> tuple[Tensor, Cameras, Tensor, Tensor | N
     """Observed plus generated views (cat3d; read back from their PNGs, so resumed runs fit the
     same 8-bit images): images (N, H, W, 3), cameras, per-view weights and alpha (None without)."""
     cfg: Config = ctx.config
-    data = reconstruct._scene_data(ctx)
+    data = reconstruct.scene_data(ctx)
     train = data.train
     if not generates_views(cfg):
         return train.images, train.cameras, torch.ones(len(train)), train.alpha
@@ -274,7 +268,7 @@ def training_set(ctx: StageContext) -> tuple[Tensor, Cameras, Tensor, Tensor | N
 
 def train(ctx: StageContext) -> None:
     cfg: Config = ctx.config
-    data = reconstruct._scene_data(ctx)
+    data = reconstruct.scene_data(ctx)
     images, cams, weights, alpha = training_set(ctx)
     trainer = ReconTrainer(reconstruct.recon_config(cfg, data.scene), images, cams, seed=ctx.stage_seed,
                            view_weights=weights, alpha=alpha)
@@ -292,12 +286,12 @@ def evaluate(ctx: StageContext) -> None:
     """reconstruct's PSNR/SSIM, plus mask IoU of the rendered opacity where held-out views have alpha."""
     reconstruct.evaluate(ctx)
     cfg: Config = ctx.config
-    holdout = reconstruct._scene_data(ctx).holdout
+    holdout = reconstruct.scene_data(ctx).holdout
     if holdout is None or holdout.alpha is None:
         return
     if cfg.evaluate.max_views is not None:
         holdout = reconstruct.subset(holdout, list(range(min(cfg.evaluate.max_views, len(holdout)))))
-    opacity = reconstruct._trained(ctx).render(holdout.cameras)["opacity"]
+    opacity = reconstruct.trained_engine(ctx).render(holdout.cameras)["opacity"]
     ious = [mask_iou(o, a[..., 0]) for o, a in zip(opacity, holdout.alpha)]
     ctx.set_metrics(mask_iou=round(sum(ious) / len(ious), 4))
 
@@ -311,9 +305,8 @@ def _estimate_train(job: Job) -> float:
     cfg: Config = job.config
     seconds = cfg.recon.steps * cfg.recon.batch_rays * reconstruct.SECONDS_PER_TRAIN_RAY
     if regularises(cfg):
-        sds, views = cfg.prior.sds, 4  # the bundled prior's set size; estimates load no prior
-        per_step = views * (sds.render_size**2 * SECONDS_PER_DISTILL_PIXEL + SECONDS_PER_DISTILL_VIEW)
-        seconds += cfg.recon.steps // sds.every * per_step
+        sds = cfg.prior.sds
+        seconds += cfg.recon.steps // sds.every * distill_step_seconds(sds.render_size)
     return seconds
 
 
@@ -328,8 +321,8 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
         stages.append(Stage("views", views, _estimate_views))
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug, stages=stages + [
         Stage("train", train, _estimate_train),
-        Stage("evaluate", evaluate, reconstruct._estimate_evaluate),
-        Stage("export", reconstruct.export, reconstruct._estimate_export),
+        Stage("evaluate", evaluate, reconstruct.estimate_evaluate),
+        Stage("export", reconstruct.export, reconstruct.estimate_export),
     ])
 
 

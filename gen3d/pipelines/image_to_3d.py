@@ -16,43 +16,27 @@ camera to the photo (RGB and mask). Stages: distill -> export.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from gen3d.cameras import Cameras, orbit
+from gen3d.cameras import Cameras, flat_rays, orbit, pass_cameras
 from gen3d.data.foreground import ForegroundConfig, prepare_image
+from gen3d.data.images import save_png
 from gen3d.errors import UserError
-from gen3d.fields.nerf import NerfField
+from gen3d.io import slugify
 from gen3d.models.prior import Observed
-from gen3d.pipelines import text_to_3d
-from gen3d.pipelines.common import (
-    ExportConfig,
-    cached_prior,
-    estimate_fit_seconds,
-    estimate_object_export_seconds,
-    estimate_views_seconds,
-    export_field,
-    generated_scoring_views,
-    fit_views,
-    fitted_model,
-    flat_rays,
-    generate_views,
-    load_views,
-    object_export_config,
-    object_recon_config,
-    pass_cameras,
-    save_png,
-    save_renders,
-    save_views,
-)
+from gen3d.pipelines.stages.distill import DistillConfig, Distiller, run_distiller
+from gen3d.pipelines.stages.export import ExportConfig, export_object, object_export_config
+from gen3d.pipelines.stages.fit import FitConfig, fit_views, object_recon_config
+from gen3d.pipelines.stages.plan import object_stages
+from gen3d.pipelines.stages.resources import job_prior
+from gen3d.pipelines.stages.views import ViewsConfig, generate_views, load_views, save_views
 from gen3d.recon import ReconConfig, ReconTrainer
-from gen3d.render.volume import VolumeRenderer
-from gen3d.runs import Job, Stage, StageContext
-from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS, eval_cameras
+from gen3d.runs import Job, StageContext
+from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS
 
 KIND = "image-to-3d"
 Method = Literal["nv-recon", "sds"]
@@ -60,9 +44,9 @@ METHODS = ("nv-recon", "sds")
 CHECK_SIZE = 16  # resolution of the up-front input check (the run prepares the photo again at the prior's)
 
 
-def _views() -> text_to_3d.ViewsConfig:
+def _views() -> ViewsConfig:
     """Two passes of 4: the second, rotated 45 degrees, sees the photo and first-pass views."""
-    return text_to_3d.ViewsConfig(passes=[4, 4], elevations=[15.0, 30.0], steps=20)
+    return ViewsConfig(passes=[4, 4], elevations=[15.0, 30.0], steps=20)
 
 
 @dataclass
@@ -83,10 +67,10 @@ class Config:
     foreground: ForegroundConfig = dataclasses.field(default_factory=ForegroundConfig)
     render_size: int = 64  # pixels of the renders at the evaluation orbit
     reference: ReferenceLossConfig = dataclasses.field(default_factory=ReferenceLossConfig)
-    views: text_to_3d.ViewsConfig = dataclasses.field(default_factory=_views)
+    views: ViewsConfig = dataclasses.field(default_factory=_views)
     recon: ReconConfig = dataclasses.field(default_factory=object_recon_config)
-    fit: text_to_3d.FitConfig = dataclasses.field(default_factory=text_to_3d.FitConfig)
-    distill: text_to_3d.DistillConfig = dataclasses.field(default_factory=text_to_3d.DistillConfig)
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     export: ExportConfig = dataclasses.field(default_factory=object_export_config)
 
 
@@ -105,7 +89,7 @@ def observed_view(cfg: Config, inputs: dict, size: int) -> Observed:
 
 def views(ctx: StageContext) -> None:
     cfg: Config = ctx.config
-    prior = cached_prior(cfg.prior, cfg.model_path)
+    prior = job_prior(cfg)
     observed = observed_view(cfg, ctx.inputs, prior.image_size)
     save_png(observed.images[0].permute(1, 2, 0), ctx.path / "input.png")
     ctx.add_artifact(ctx.path / "input.png", "views", input=True)
@@ -117,7 +101,7 @@ def views(ctx: StageContext) -> None:
             f"in passes of {cfg.views.passes}")
 
 
-def _trainer(ctx: StageContext, seed: int) -> ReconTrainer:
+def fit_trainer(ctx: StageContext, seed: int) -> ReconTrainer:
     cfg: Config = ctx.config
     images, cams = load_views(ctx.path)
     weights = torch.ones(len(cams))
@@ -126,21 +110,11 @@ def _trainer(ctx: StageContext, seed: int) -> ReconTrainer:
 
 
 def fit(ctx: StageContext) -> None:
-    fit_views(ctx, _trainer)
-
-
-def _fitted(ctx: StageContext) -> tuple[NerfField, VolumeRenderer]:
-    return fitted_model(ctx, _trainer)
+    fit_views(ctx, fit_trainer)
 
 
 def export(ctx: StageContext) -> None:
-    cfg: Config = ctx.config
-    if "model" not in ctx.shared:
-        ctx.shared["model"] = _fitted(ctx) if cfg.method == "nv-recon" else text_to_3d.distilled_model(ctx)
-    field, renderer = ctx.shared["model"]
-    views = generated_scoring_views(ctx, field, renderer) if cfg.method == "nv-recon" else None
-    export_field(ctx, field, cfg.export, views)
-    save_renders(ctx, field, renderer, eval_cameras(cfg.render_size))
+    export_object(ctx, fit_trainer)
 
 
 # --- sds --------------------------------------------------------------------------------------
@@ -162,7 +136,7 @@ class ReferenceStep:
     """One optimiser step of the distiller's field towards the photo at its camera (premultiplied
     RGB over black and coverage), at the distiller's render size."""
 
-    def __init__(self, distiller: text_to_3d.Distiller, observed: Observed, weights: ReferenceLossConfig):
+    def __init__(self, distiller: Distiller, observed: Observed, weights: ReferenceLossConfig):
         size = distiller.cfg.distill.render_size
         self.distiller, self.weights = distiller, weights
         self.rays = flat_rays(observed.cameras.resized(size, size))
@@ -183,46 +157,16 @@ class ReferenceStep:
 
 def distill(ctx: StageContext) -> None:
     cfg: Config = ctx.config
-    prior = cached_prior(cfg.prior, cfg.model_path)
+    prior = job_prior(cfg)
     observed = observed_view(cfg, ctx.inputs, prior.image_size)
-    distiller = text_to_3d.Distiller(cfg, ObservedPrior(prior, observed), "", ctx.generator)
+    distiller = Distiller(cfg, ObservedPrior(prior, observed), "", ctx.generator)
     reference = ReferenceStep(distiller, observed, cfg.reference)
-    total = cfg.distill.steps
-    for step in ctx.steps(total, every=cfg.distill.checkpoint_every, state=distiller.state_dict,
-                          restore=distiller.load_state_dict):
-        loss = distiller.step()
-        ref_loss = reference()
-        if (step + 1) % cfg.distill.log_every == 0 or step + 1 == total:
-            ctx.event(step + 1, total, loss=loss, reference_loss=ref_loss)
-    distiller.finish()
-    ctx.add_artifact(ctx.run.checkpoint_path("distill"), "checkpoint")
-    ctx.shared["model"] = (distiller.field, distiller.renderer)
-
-
-# --- estimates -------------------------------------------------------------------------------
-
-def _estimate_views(job: Job) -> float:
-    views: text_to_3d.ViewsConfig = job.config.views
-    return estimate_views_seconds(sum(views.passes), views.steps)
-
-
-def _estimate_export(job: Job) -> float:
-    return estimate_object_export_seconds(job.config.export, job.config.render_size)
-
-
-def slug(image: str) -> str:
-    """A folder-name tail from the image's file name."""
-    return re.sub(r"[^a-z0-9]+", "-", Path(image).stem.lower()).strip("-")[:40].rstrip("-") or "image"
+    run_distiller(ctx, distiller, lambda: {"reference_loss": reference()})
 
 
 def build_job(config: Config, inputs: dict, seed: int) -> Job:
     if config.method not in METHODS:
         raise UserError(f"method must be one of {', '.join(METHODS)}, got '{config.method}'")
     observed_view(config, inputs, CHECK_SIZE)  # bad files fail here, before a run folder exists
-    if config.method == "nv-recon":
-        stages = [Stage("views", views, _estimate_views),
-                  Stage("fit", fit, lambda job: estimate_fit_seconds(job.config.recon))]
-    else:
-        stages = [Stage("distill", distill, text_to_3d.estimate_distill_seconds)]
-    stages.append(Stage("export", export, _estimate_export))
-    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["image"]), stages=stages)
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slugify(Path(inputs["image"]).stem, 40, "image"),
+               stages=object_stages(config.method, views, fit, distill, export))

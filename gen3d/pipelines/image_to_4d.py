@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from gen3d.cameras import Cameras
 from gen3d.data.foreground import ForegroundConfig
+from gen3d.data.images import read_png, save_png
 from gen3d.errors import UserError
+from gen3d.io import slugify
 from gen3d.pipelines import text_to_4d
-from gen3d.pipelines.common import cached_prior, read_png, save_png
-from gen3d.pipelines.image_to_3d import CHECK_SIZE, input_camera, observed_view, slug
+from gen3d.pipelines.image_to_3d import CHECK_SIZE, input_camera, observed_view
+from gen3d.pipelines.stages.resources import job_prior
 from gen3d.recon import ReconTrainer
 from gen3d.runs import Job, StageContext
 
@@ -34,7 +37,7 @@ class Config(text_to_4d.Config):
 
 def views(ctx: StageContext) -> None:
     cfg: Config = ctx.config
-    prior = cached_prior(cfg.prior, cfg.model_path)
+    prior = job_prior(cfg)
     observed = observed_view(cfg, ctx.inputs, prior.image_size)
     observed.times = torch.zeros(1)
     save_png(observed.images[0].permute(1, 2, 0), ctx.path / "input.png")
@@ -58,5 +61,6 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
     if not str(inputs.get("prompt", "")).strip():
         raise UserError("the caption is empty; say how the object moves, e.g. --prompt \"a red sphere bouncing\"")
     observed_view(config, inputs, CHECK_SIZE)  # bad files fail here, before a run folder exists
-    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["image"]),
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed,
+               slug=slugify(Path(inputs["image"]).stem, 40, "image"),
                stages=text_to_4d.stages(config, views, _trainer))

@@ -19,19 +19,16 @@ import torch
 
 from gen3d.config import from_dict
 from gen3d.data import Scene, Split, load_scene
+from gen3d.data.images import save_png
 from gen3d.errors import UserError
 from gen3d.export import write_mesh
-from gen3d.pipelines.common import (
-    ExportConfig,
-    estimate_export_seconds,
-    export_field,
-    field_asset,
-    save_png,
-)
-from gen3d.pipelines.mesh_asset import ScoringViews
+from gen3d.io import atomic_output
+from gen3d.pipelines.stages.costs import estimate_export_seconds
+from gen3d.pipelines.stages.asset import ScoringViews
+from gen3d.pipelines.stages.export import ExportConfig, export_field, field_asset
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.recon.trainer import composite_onto
-from gen3d.runs import Job, RunFolder, Stage, StageContext, atomic_output
+from gen3d.runs import Job, RunFolder, Stage, StageContext
 from gen3d.runs.checkpoint import load_checkpoint
 from gen3d.runs.folder import read_events
 
@@ -130,7 +127,7 @@ def recon_config(cfg: Config, scene: Scene) -> ReconConfig:
     return recon
 
 
-def _scene_data(ctx: StageContext) -> SceneData:
+def scene_data(ctx: StageContext) -> SceneData:
     """The scene from memory, or re-loaded from its folder (checked against the digest `load` saved)."""
     if "data" not in ctx.shared:
         data = load_data(ctx.config, ctx.inputs["scene"])
@@ -158,9 +155,9 @@ def restored_trainer(cfg: Config, data: SceneData, state: dict) -> ReconTrainer:
     return trainer
 
 
-def _trained(ctx: StageContext) -> ReconTrainer:
+def trained_engine(ctx: StageContext) -> ReconTrainer:
     if "trainer" not in ctx.shared:
-        ctx.shared["trainer"] = restored_trainer(ctx.config, _scene_data(ctx), ctx.read_checkpoint("train").state)
+        ctx.shared["trainer"] = restored_trainer(ctx.config, scene_data(ctx), ctx.read_checkpoint("train").state)
     return ctx.shared["trainer"]
 
 
@@ -189,7 +186,7 @@ def load(ctx: StageContext) -> None:
 
 def train(ctx: StageContext) -> None:
     cfg: Config = ctx.config
-    data = _scene_data(ctx)
+    data = scene_data(ctx)
     trainer = _trainer(cfg, data, ctx.stage_seed)
     total = cfg.recon.steps
     holdout = data.holdout
@@ -222,7 +219,7 @@ def _write_curve(ctx: StageContext) -> None:
     ctx.add_artifact(path, "curve")
 
 
-def _scored_views(cfg: Config, data: SceneData, log=None) -> Split:
+def scored_views(cfg: Config, data: SceneData, log=None) -> Split:
     """The views the field and its mesh are scored on: held-out views (the first
     `evaluate.max_views`), else the training views."""
     views = data.holdout
@@ -235,10 +232,19 @@ def _scored_views(cfg: Config, data: SceneData, log=None) -> Split:
     return views
 
 
+def scoring_views(cfg: Config, data: SceneData, trainer: ReconTrainer) -> ScoringViews:
+    """The scored views as the export compares with them: images on the evaluation background and
+    the field's rendered opacity."""
+    views = scored_views(cfg, data)
+    background = trainer.eval_background()
+    return ScoringViews(views.cameras, composite_onto(views.images.float(), background), tuple(background.tolist()),
+                        trainer.render(views.cameras)["opacity"])
+
+
 def evaluate(ctx: StageContext) -> None:
-    data = _scene_data(ctx)
-    trainer = _trained(ctx)
-    views = _scored_views(ctx.config, data, ctx.log)
+    data = scene_data(ctx)
+    trainer = trained_engine(ctx)
+    views = scored_views(ctx.config, data, ctx.log)
     result = trainer.evaluate(views.images, views.cameras)
     for i, rgb in enumerate(result["renders"]):
         path = ctx.path / "renders" / f"{i:03d}.png"
@@ -251,18 +257,9 @@ def evaluate(ctx: StageContext) -> None:
               psnr=result["psnr"], ssim=result["ssim"])
 
 
-def scoring_views(cfg: Config, data: SceneData, trainer: ReconTrainer) -> ScoringViews:
-    """The scored views as the export compares with them: images on the evaluation background and
-    the field's rendered opacity."""
-    views = _scored_views(cfg, data)
-    background = trainer.eval_background()
-    return ScoringViews(views.cameras, composite_onto(views.images.float(), background), tuple(background.tolist()),
-                        trainer.render(views.cameras)["opacity"])
-
-
 def export(ctx: StageContext) -> None:
-    trainer = _trained(ctx)
-    export_field(ctx, trainer.field, ctx.config.export, scoring_views(ctx.config, _scene_data(ctx), trainer))
+    trainer = trained_engine(ctx)
+    export_field(ctx, trainer.field, ctx.config.export, scoring_views(ctx.config, scene_data(ctx), trainer))
 
 
 # --- estimates ---------------------------------------------------------------------------------
@@ -271,28 +268,28 @@ def _pixels(cfg: Config) -> int:
     return cfg.data.size[0] * cfg.data.size[1] if cfg.data.size else NOMINAL_PIXELS
 
 
-def _estimate_train(job: Job) -> float:
+def estimate_train(job: Job) -> float:
     cfg: Config = job.config
     evals = cfg.recon.steps // max(cfg.train.eval_every, 1) + 1
     return (cfg.recon.steps * cfg.recon.batch_rays * SECONDS_PER_TRAIN_RAY
             + evals * cfg.train.eval_views * _pixels(cfg) * SECONDS_PER_RENDER_RAY)
 
 
-def _estimate_evaluate(job: Job) -> float:
+def estimate_evaluate(job: Job) -> float:
     cfg: Config = job.config
     return (cfg.evaluate.max_views or 10) * _pixels(cfg) * SECONDS_PER_RENDER_RAY
 
 
-def _estimate_export(job: Job) -> float:
+def estimate_export(job: Job) -> float:
     return estimate_export_seconds(job.config.export)
 
 
 def build_job(config: Config, inputs: dict, seed: int) -> Job:
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=Path(inputs["scene"]).name, stages=[
         Stage("load", load, lambda job: 1.0),
-        Stage("train", train, _estimate_train),
-        Stage("evaluate", evaluate, _estimate_evaluate),
-        Stage("export", export, _estimate_export),
+        Stage("train", train, estimate_train),
+        Stage("evaluate", evaluate, estimate_evaluate),
+        Stage("export", export, estimate_export),
     ])
 
 

@@ -30,30 +30,25 @@ import torch
 import trimesh
 
 from gen3d.cameras import Cameras, orbit, turntable
+from gen3d.data.images import save_png
 from gen3d.errors import UserError
 from gen3d.export import write_gif, write_mesh, write_video
 from gen3d.export.video import fit_radius
 from gen3d.fields.spacetime import SpacetimeField, field_megabytes
+from gen3d.io import atomic_output, slugify
 from gen3d.models.prior import Observed
 from gen3d.pipelines import text_to_3d
-from gen3d.pipelines.common import (
-    SECONDS_PER_TURNTABLE_PIXEL,
-    ExportConfig,
-    cached_prior,
-    estimate_fit_seconds,
-    estimate_views_seconds,
-    field_asset,
-    load_views,
-    object_export_config,
-    object_recon_config,
-    render_images,
-    save_png,
-    train_checkpointed,
-)
-from gen3d.pipelines.text_to_3d import DistillConfig, FitConfig, seed_blob, slug
+from gen3d.pipelines.stages.costs import SECONDS_PER_TURNTABLE_PIXEL, estimate_fit_seconds, estimate_views_seconds
+from gen3d.pipelines.stages.distill import DistillConfig, Distiller, seed_blob
+from gen3d.pipelines.stages.export import ExportConfig, field_asset, object_export_config, render_images
+from gen3d.pipelines.stages.fit import FitConfig, TrainerFactory, fit_views, object_recon_config
+from gen3d.pipelines.stages.plan import estimate_distill
+from gen3d.pipelines.stages.reload import stage_model
+from gen3d.pipelines.stages.resources import job_prior, use_threads
+from gen3d.pipelines.stages.views import load_views
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.render.mesh import ShadingConfig, render_mesh
-from gen3d.runs import Job, Stage, StageContext, atomic_output
+from gen3d.runs import Job, Stage, StageContext
 from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS, eval_cameras
 
 KIND = "text-to-4d"
@@ -120,19 +115,14 @@ def grid_cameras(g: GridConfig, size: int) -> Cameras:
     return orbit([g.elevations[k % len(g.elevations)] for k in range(g.cameras)], azimuths, RADIUS, FOV_Y_DEG, size, size)
 
 
-def _use_threads(cfg: Config) -> None:
-    if cfg.recon.threads > 0:
-        torch.set_num_threads(cfg.recon.threads)
-
-
 # --- views -----------------------------------------------------------------------------------------
 
 def generate_grid(ctx: StageContext, observed: Observed | None) -> None:
     """Sample the camera x time grid and save it: `views/TT-CC.png`, `views.png` (rows = times) and
     `views.json` (cameras, times)."""
     cfg: Config = ctx.config
-    _use_threads(cfg)
-    prior = cached_prior(cfg.prior, cfg.model_path)
+    use_threads(cfg)
+    prior = job_prior(cfg)
     if not hasattr(prior, "sample_grid"):
         raise UserError(f"prior '{cfg.prior}' has no notion of time; 4D jobs need a 4D prior such as shapeworld-4d")
     cams = grid_cameras(cfg.grid, prior.image_size)
@@ -180,15 +170,9 @@ def _trainer(ctx: StageContext, seed: int) -> ReconTrainer:
     return ReconTrainer(ctx.config.recon, images, cams, seed=seed, times=times)
 
 
-TrainerFactory = Callable[[StageContext, int], ReconTrainer]
-
-
 def fit(ctx: StageContext, make_trainer: TrainerFactory = _trainer) -> None:
-    cfg: Config = ctx.config
-    _use_threads(cfg)
-    trainer = make_trainer(ctx, ctx.stage_seed)
-    train_checkpointed(ctx, trainer, cfg.recon.steps, cfg.fit.checkpoint_every, cfg.fit.log_every)
-    ctx.shared["model"] = (trainer.field, trainer.renderer)
+    use_threads(ctx.config)
+    fit_views(ctx, make_trainer)
 
 
 # --- sds -------------------------------------------------------------------------------------------
@@ -208,7 +192,7 @@ class SpacetimeDistillField(SpacetimeField):
         """Tri-plane features have no coarse-to-fine levels to mask."""
 
 
-class Distiller4D(text_to_3d.Distiller):
+class Distiller4D(Distiller):
     """text-to-3d's distiller over a space-time field: each step one random clip time for the set."""
 
     @staticmethod
@@ -241,10 +225,8 @@ def playing_turntable(meshes: list[trimesh.Trimesh], n_frames: int, size: int, e
 
 def export(ctx: StageContext, make_trainer: TrainerFactory = _trainer) -> None:
     cfg: Config = ctx.config
-    _use_threads(cfg)
-    if "model" not in ctx.shared:  # a resumed run: rebuild the field from the last stage's checkpoint
-        ctx.shared["model"] = _fitted(ctx, make_trainer) if cfg.method == "mv-recon" else text_to_3d.distilled_model(ctx, Distiller4D)
-    field, renderer = ctx.shared["model"]
+    use_threads(cfg)
+    field, renderer = stage_model(ctx, make_trainer, Distiller4D)
     times = clip_times(cfg.grid.frames)
     meshes = []
     for k, t in enumerate(times.tolist()):
@@ -274,12 +256,6 @@ def export(ctx: StageContext, make_trainer: TrainerFactory = _trainer) -> None:
     ctx.set_metrics(frames=len(times), meshed_frames=len(meshes), field_mb=round(field_megabytes(field), 3))
 
 
-def _fitted(ctx: StageContext, make_trainer: TrainerFactory):
-    trainer = make_trainer(ctx, 0)
-    trainer.load_state_dict(ctx.read_checkpoint("fit").state)
-    return trainer.field, trainer.renderer
-
-
 # --- estimates and job -----------------------------------------------------------------------------
 
 def _estimate_views(job: Job) -> float:
@@ -307,7 +283,7 @@ def check_grid(cfg: Config) -> None:
 
 
 def _estimate_distill(job: Job) -> float:
-    return text_to_3d.estimate_distill_seconds(job) * DISTILL_4D_FACTOR
+    return estimate_distill(job) * DISTILL_4D_FACTOR
 
 
 def stages(cfg: Config, views_stage: Callable[[StageContext], None], make_trainer: TrainerFactory = _trainer) -> list[Stage]:
@@ -327,4 +303,5 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
     check_grid(config)
     if not str(inputs.get("prompt", "")).strip():
         raise UserError("the prompt is empty; describe a moving object, e.g. \"a red sphere bouncing\"")
-    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slug(inputs["prompt"]), stages=stages(config, views))
+    return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slugify(inputs["prompt"], 40, "prompt"),
+               stages=stages(config, views))

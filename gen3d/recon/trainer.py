@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from gen3d.cameras import Cameras, generate_rays
+from gen3d.config import ranged
 from gen3d.errors import UserError
 from gen3d.fields.nerf import FieldConfig, NerfField
 from gen3d.fields.spacetime import SpacetimeConfig, SpacetimeField
@@ -28,10 +29,10 @@ from gen3d.render.volume import RadianceField, RenderConfig, VolumeRenderer
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-2
-    eps: float = 1e-15  # tiny eps: rarely-touched grid entries still move at full rate
+    lr: float = ranged(1e-2, low=0.0)
+    eps: float = ranged(1e-15, low=0.0)  # tiny eps: rarely-touched grid entries still move at full rate
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.99])
-    final_lr_fraction: float = 0.1  # learning rate decays exponentially to lr * this at `steps`
+    final_lr_fraction: float = ranged(0.1, low=0.0, high=1.0)  # lr decays exponentially to lr * this at `steps`
 
 
 @dataclass
@@ -40,11 +41,11 @@ class ReconConfig:
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     spacetime: SpacetimeConfig = dataclasses.field(default_factory=SpacetimeConfig)
-    steps: int = 3000
-    batch_rays: int = 2048
-    mask_loss_weight: float = 0.0  # weight of (opacity - alpha)^2 where images carry alpha
-    render_chunk: int = 16384  # rays per chunk when rendering whole images
-    threads: int = 2  # torch CPU threads (0: leave as is)
+    steps: int = ranged(3000, low=0)
+    batch_rays: int = ranged(2048, low=1)
+    mask_loss_weight: float = ranged(0.0, low=0.0)  # weight of (opacity - alpha)^2 where images carry alpha
+    render_chunk: int = ranged(16384, low=1)  # rays per chunk when rendering whole images
+    threads: int = ranged(2, low=0)  # torch CPU threads (0: leave as is)
 
 
 def pixel_rays(cams: Cameras, view: Tensor, i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,7 +68,7 @@ def composite_onto(images: Tensor, background: Tensor) -> Tensor:
     return images[..., :3] * alpha + background * (1 - alpha)
 
 
-def premultiply(images: Tensor, alpha: Tensor | None, background: Tensor) -> tuple[Tensor, Tensor | None]:
+def premultiplied_with_alpha(images: Tensor, alpha: Tensor | None, background: Tensor) -> tuple[Tensor, Tensor | None]:
     """Colour times coverage (N, H, W, 3) and coverage (N, H, W, 1), from straight RGBA images or from
     RGB images composited onto `background` plus their alpha; RGB alone passes through."""
     if images.shape[-1] == 4:
@@ -119,7 +120,7 @@ class ReconTrainer:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         color = torch.tensor(cfg.render.background_color, dtype=torch.float32)
-        self.premultiplied, self.alpha = premultiply(images.float(), alpha, color)
+        self.premultiplied, self.alpha = premultiplied_with_alpha(images.float(), alpha, color)
         self.cameras = cameras
         self.has_alpha = self.alpha is not None
         weights = torch.ones(len(cameras)) if view_weights is None else torch.as_tensor(view_weights, dtype=torch.float32)

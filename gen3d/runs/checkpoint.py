@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gen3d.errors import UserError
-from gen3d.runs.folder import atomic_write_bytes
+from gen3d.io import atomic_write_bytes
 
 
 @dataclass

@@ -9,5 +9,4 @@ Layout of the package, one job per module:
 - `app.py`      the FastAPI application (JSON API + the built viewer under `static/`);
 - `worker.py`   a worker process: claims jobs and runs `python -m gen3d.cli <kind> ...` for each;
 - `launcher.py` what `gen3d serve` does: lock RUNS_DIR, recover the queue, start workers and uvicorn;
-- `selftest.py` the built-in `selftest` job kind, a few seconds of fake training for checking the queue.
 """

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from gen3d.errors import UserError
 from gen3d.server import runs
 from gen3d.server.jobkinds import JOB_KINDS, CheckContext, check_options, run_id_for
-from gen3d.server.jobqueue import QUEUE_FILE, TERMINAL_JOB_STATUSES, Job, JobQueue, job_output_path
+from gen3d.server.jobqueue import QUEUE_FILE, TERMINAL_JOB_STATUSES, JobQueue, QueuedJob, job_output_path
 from gen3d.server.stream import progress_stream
 from gen3d.server.uploads import MAX_UPLOAD_BYTES, Upload, UploadTooLarge, save_upload
 
@@ -109,7 +109,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
-def _job_json(job: Job) -> dict:
+def _job_json(job: QueuedJob) -> dict:
     return {**job.to_json(), "stream": f"/api/jobs/{job.id}/stream"}
 
 
@@ -150,6 +150,31 @@ def create_app(runs_dir: Path, available: set[str] | None = None) -> FastAPI:
     app.add_middleware(RequestGuard, max_body=MAX_BODY_BYTES)
     _install_error_handlers(app)
 
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"ok": True, "runs_dir": str(runs_dir)}
+
+    @app.get("/api/kinds")
+    def kinds() -> dict:
+        return {"kinds": [kind.spec(name in available) for name, kind in JOB_KINDS.items()]}
+
+    _add_run_routes(app, runs_dir)
+    _add_job_routes(app, runs_dir, queue, available, check_ctx)
+
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    def unknown_api(rest: str):
+        raise HTTPException(404, f"no API endpoint /api/{rest}")
+
+    if (STATIC_DIR / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
+    else:
+        log.warning("the viewer is not built (%s missing); run scripts/build_viewer.sh", STATIC_DIR / "index.html")
+    return app
+
+
+def _add_run_routes(app: FastAPI, runs_dir: Path) -> None:
+    """The run folders: list, one run, its events, its files and its live progress."""
+
     def folder_of(run_id: str) -> Path:
         try:
             return runs.run_dir(runs_dir, run_id)
@@ -161,20 +186,6 @@ def create_app(runs_dir: Path, available: set[str] | None = None) -> FastAPI:
             return runs.read_manifest(folder)
         except UserError as exc:
             raise HTTPException(409, str(exc)) from None
-
-    def job_of(job_id: int) -> Job:
-        job = queue.get(job_id)
-        if job is None:
-            raise HTTPException(404, f"no job {job_id}")
-        return job
-
-    @app.get("/api/health")
-    def health() -> dict:
-        return {"ok": True, "runs_dir": str(runs_dir)}
-
-    @app.get("/api/kinds")
-    def kinds() -> dict:
-        return {"kinds": [kind.spec(name in available) for name, kind in JOB_KINDS.items()]}
 
     @app.get("/api/runs")
     def list_runs() -> dict:
@@ -217,6 +228,17 @@ def create_app(runs_dir: Path, available: set[str] | None = None) -> FastAPI:
 
         since = _resume_point(request, since)
         return _sse(progress_stream(request, lambda: folder, status, runs.TERMINAL_RUN_STATUSES, since))
+
+
+def _add_job_routes(app: FastAPI, runs_dir: Path, queue: JobQueue, available: set[str],
+                    check_ctx: CheckContext) -> None:
+    """The job queue: submit (options checked here), list, get, cancel, output and live progress."""
+
+    def job_of(job_id: int) -> QueuedJob:
+        job = queue.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
 
     @app.post("/api/jobs", status_code=201)
     async def submit_job(request: Request) -> dict:
@@ -268,16 +290,6 @@ def create_app(runs_dir: Path, available: set[str] | None = None) -> FastAPI:
 
         since = _resume_point(request, since)
         return _sse(progress_stream(request, folder, status, TERMINAL_JOB_STATUSES, since))
-
-    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    def unknown_api(rest: str):
-        raise HTTPException(404, f"no API endpoint /api/{rest}")
-
-    if (STATIC_DIR / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
-    else:
-        log.warning("the viewer is not built (%s missing); run scripts/build_viewer.sh", STATIC_DIR / "index.html")
-    return app
 
 
 def _resume_point(request: Request, since: int) -> int:

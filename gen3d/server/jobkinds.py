@@ -1,5 +1,6 @@
-"""The job kinds the server queues: their options, how each option is checked, and the `gen3d` command
-line a worker runs for each.
+"""The job kinds the server queues: their form options (generated from the declarations in
+`gen3d.pipelines.kinds`, plus `resume`), how each option is checked, and the `gen3d` command line a
+worker runs for each.
 
 Options are checked here, when a job is submitted, so bad input is a 400 naming the field rather than a
 job that fails later. The CLI still validates everything again (config keys, scene contents) when it runs.
@@ -16,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gen3d.errors import UserError
-from gen3d.runs.folder import slugify
+from gen3d.io import slugify
+from gen3d.pipelines.kinds import KINDS, JobKind, Param
 from gen3d.server import runs
 from gen3d.server.uploads import Upload, check_image_bytes, check_image_file
 
@@ -41,8 +43,8 @@ class Option:
 
 
 @dataclass(frozen=True)
-class JobKind:
-    """A kind of job; its name is also the `gen3d` subcommand that runs it."""
+class FormKind:
+    """A kind of job the server offers; its name is also the `gen3d` subcommand that runs it."""
 
     name: str
     title: str
@@ -181,72 +183,53 @@ _CHECKERS: dict[str, Callable] = {
 }
 
 _SEED = Option("seed", "int", "Seed for every random choice.", default=0, low=0, high=2**31 - 1)
-_METHOD = Option("method", "name", "Method name (empty: the config's default).")
-_PRIOR = Option("prior", "name", "Prior: shapeworld-mv, sd, zero123, mvdream (empty: the default).")
 _CONFIG = Option("config", "yaml", "YAML config on the server, e.g. configs/ci/reconstruct.yaml.")
 _SET = Option("set", "overrides", "Config overrides, one key.sub=value a line.", default=())
 
 
-def _common_args(opts: dict) -> list[str]:
-    args = ["--seed", str(opts["seed"])]
-    for name in ("prior", "method", "config"):
-        if opts.get(name) is not None:
-            args += [f"--{name}", str(opts[name])]
-    for item in opts["set"]:
-        args += ["--set", item]
-    return args
+def _form_option(param: Param) -> Option:
+    return Option(param.name, param.form, param.help, required=param.argument or param.required,
+                  default=param.default, low=param.low, high=param.high)
 
 
-def _with_input(kind: str, input_option: str) -> Callable[[dict, Path], list[str]]:
-    """`<kind> [options] --out RUN_DIR -- INPUT`; the `--` keeps a prompt like '-x' from parsing as a flag."""
+def _argv(kind: JobKind) -> Callable[[dict, Path], list[str]]:
+    """`<kind> [options] --out RUN_DIR [-- INPUT]`; the `--` keeps a prompt like '-x' from parsing as a flag."""
+    flagged = [p for p in kind.params if p.form and not p.argument]
 
     def argv(opts: dict, run_dir: Path) -> list[str]:
-        extra = [arg for name in ("views", "steps") if opts.get(name) is not None
-                 for arg in (f"--{name}", str(opts[name]))]
-        return [kind, *extra, *_common_args(opts), "--out", str(run_dir), "--", str(opts[input_option])]
+        args = [kind.name]
+        for param in flagged:
+            value = opts.get(param.name)
+            if param.type is bool:
+                args += [param.flag] if value else []
+            elif value is not None:
+                args += [param.flag, str(value)]
+        args += ["--seed", str(opts["seed"])]
+        if opts.get("config") is not None:
+            args += ["--config", str(opts["config"])]
+        for item in opts.get("set", ()):
+            args += ["--set", item]
+        args += ["--out", str(run_dir)]
+        return args + (["--", str(opts[kind.argument.name])] if kind.argument else [])
 
     return argv
 
 
-def _selftest_argv(opts: dict, run_dir: Path) -> list[str]:
-    args = ["selftest", "--steps", str(opts["steps"]), "--step-seconds", str(opts["step_seconds"]),
-            "--seed", str(opts["seed"]), "--out", str(run_dir)]
-    return args + (["--fail"] if opts["fail"] else [])
+def _form_kind(kind: JobKind) -> FormKind:
+    options = tuple(_form_option(p) for p in kind.params if p.form) + (_SEED,)
+    return FormKind(kind.name, kind.title, kind.summary, options + ((_CONFIG, _SET) if kind.form_config else ()),
+                    _argv(kind), slug_from=kind.argument.name if kind.argument else None)
 
 
-JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
-    JobKind("text-to-3d", "Text to 3D", "A 3D object from a text prompt.",
-            (Option("prompt", "str", "What to make, e.g. 'a red cube'.", required=True), _PRIOR, _METHOD, _SEED,
-             _CONFIG, _SET),
-            _with_input("text-to-3d", "prompt"), slug_from="prompt"),
-    JobKind("image-to-3d", "Image to 3D", "A 3D object from one image (PNG, JPEG or WebP upload).",
-            (Option("image", "image", "The input image.", required=True), _PRIOR, _METHOD, _SEED, _CONFIG, _SET),
-            _with_input("image-to-3d", "image"), slug_from="image"),
-    JobKind("text-to-4d", "Text to 4D", "An animated 3D object (one mesh per frame) from a text prompt.",
-            (Option("prompt", "str", "A moving object, e.g. 'a red sphere bouncing'.", required=True), _SEED, _CONFIG,
-             _SET),
-            _with_input("text-to-4d", "prompt"), slug_from="prompt"),
-    JobKind("reconstruct", "Few-view reconstruction", "Fit a field to posed photos, then export a mesh.",
-            (Option("scene", "scene", "Scene folder on the server (transforms.json, transforms_train.json "
-                    "or poses_bounds.npy).", required=True),
-             Option("views", "int", "Use K training views (farthest-point sampled).", low=1, high=10000),
-             Option("steps", "int", "Training steps (empty: the config's).", low=1, high=10_000_000),
-             _SEED, _CONFIG, _SET),
-            _with_input("reconstruct", "scene"), slug_from="scene"),
-    JobKind("resume", "Resume a run", "Continue an interrupted run from its last checkpoint.",
-            (Option("run", "run", "Id of the interrupted run.", required=True),),
-            lambda opts, run_dir: ["resume", str(run_dir)], slug_from="run", reuses_run=True),
-    JobKind("selftest", "Self-test", "A few seconds of fake training that checks the queue, the worker and "
-            "progress streaming; it trains nothing.",
-            (Option("steps", "int", "Number of fake training steps.", default=20, low=1, high=500),
-             Option("step_seconds", "float", "Seconds per fake step.", default=0.05, low=0.0, high=5.0),
-             Option("fail", "bool", "Fail at the last step (to see a failed job).", default=False),
-             _SEED),
-            _selftest_argv),
-)}
+_RESUME = FormKind("resume", "Resume a run", "Continue an interrupted run from its last checkpoint.",
+                   (Option("run", "run", "Id of the interrupted run.", required=True),),
+                   lambda opts, run_dir: ["resume", str(run_dir)], slug_from="run", reuses_run=True)
+
+JOB_KINDS: dict[str, FormKind] = {k.name: k for k in [_form_kind(kind) for kind in KINDS.values() if kind.form]
+                                  + [_RESUME]}
 
 
-def check_options(kind: JobKind, raw: dict, ctx: CheckContext) -> dict:
+def check_options(kind: FormKind, raw: dict, ctx: CheckContext) -> dict:
     """Validated options with defaults filled in; `UserError` naming the field otherwise."""
     if not isinstance(raw, dict):
         raise UserError("options: must be a JSON object")
@@ -266,7 +249,7 @@ def check_options(kind: JobKind, raw: dict, ctx: CheckContext) -> dict:
     return checked
 
 
-def run_id_for(kind: JobKind, opts: dict, job_id: int, now: float | None = None) -> str:
+def run_id_for(kind: FormKind, opts: dict, job_id: int, now: float | None = None) -> str:
     """`<YYYYmmdd-HHMMSS>-<kind>-<slug>-j<job id>` as in the conventions; the job id keeps names unique."""
     if kind.reuses_run:
         return opts[kind.slug_from]

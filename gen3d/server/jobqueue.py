@@ -44,7 +44,7 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, id);
 
 
 @dataclass
-class Job:
+class QueuedJob:
     id: int
     kind: str
     options: dict
@@ -60,7 +60,7 @@ class Job:
     cancel_requested: bool
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: sqlite3.Row) -> QueuedJob:
         data = dict(row)
         data["options"] = json.loads(data["options"])
         data["cancel_requested"] = bool(data["cancel_requested"])
@@ -127,7 +127,7 @@ class JobQueue:
         finally:
             db.close()
 
-    def submit(self, kind: str, options: dict, run_id: Callable[[int], str]) -> Job:
+    def submit(self, kind: str, options: dict, run_id: Callable[[int], str]) -> QueuedJob:
         """Queue a job; `run_id(job_id)` names its run folder (the id makes simultaneous names unique)."""
         with self._transaction() as db:
             cur = db.execute(
@@ -136,23 +136,23 @@ class JobQueue:
             )
             job_id = cur.lastrowid
             db.execute("UPDATE jobs SET run_id = ? WHERE id = ?", (run_id(job_id), job_id))
-            return Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            return QueuedJob.from_row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
-    def get(self, job_id: int) -> Job | None:
+    def get(self, job_id: int) -> QueuedJob | None:
         with self._transaction() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return Job.from_row(row) if row else None
+        return QueuedJob.from_row(row) if row else None
 
-    def list(self, status: str | None = None, limit: int = 500) -> list[Job]:
+    def list(self, status: str | None = None, limit: int = 500) -> list[QueuedJob]:
         """Newest first."""
         query, args = "SELECT * FROM jobs", ()
         if status is not None:
             query, args = query + " WHERE status = ?", (status,)
         with self._transaction() as db:
             rows = db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-        return [Job.from_row(r) for r in rows]
+        return [QueuedJob.from_row(r) for r in rows]
 
-    def claim(self, worker_pid: int) -> Job | None:
+    def claim(self, worker_pid: int) -> QueuedJob | None:
         """Take the oldest queued job for this worker, atomically across processes."""
         now = time.time()
         with self._transaction() as db:
@@ -163,7 +163,7 @@ class JobQueue:
                 "UPDATE jobs SET status = 'running', started = ?, heartbeat = ?, worker_pid = ? WHERE id = ?",
                 (now, now, worker_pid, row["id"]),
             )
-            return Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+            return QueuedJob.from_row(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
 
     def beat(self, job_id: int) -> bool:
         """The worker is alive and still running `job_id`; returns whether a cancel was requested."""
@@ -181,7 +181,7 @@ class JobQueue:
                 (status, time.time(), exit_code, error, job_id),
             )
 
-    def cancel(self, job_id: int) -> Job | None:
+    def cancel(self, job_id: int) -> QueuedJob | None:
         """A queued job is cancelled at once; a running one is flagged and its worker stops it."""
         with self._transaction() as db:
             db.execute(
@@ -190,14 +190,14 @@ class JobQueue:
             )
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return Job.from_row(row) if row else None
+        return QueuedJob.from_row(row) if row else None
 
-    def interrupt_stale(self, stale_after_s: float = STALE_AFTER_S) -> list[Job]:
+    def interrupt_stale(self, stale_after_s: float = STALE_AFTER_S) -> list[QueuedJob]:
         """Mark running jobs whose worker is gone (dead pid or no heartbeat lately) as interrupted."""
         cutoff = time.time() - stale_after_s
         with self._transaction() as db:
             rows = db.execute("SELECT * FROM jobs WHERE status = 'running'").fetchall()
-            stale = [Job.from_row(r) for r in rows if not pid_alive(r["worker_pid"]) or (r["heartbeat"] or 0) < cutoff]
+            stale = [QueuedJob.from_row(r) for r in rows if not pid_alive(r["worker_pid"]) or (r["heartbeat"] or 0) < cutoff]
             for job in stale:
                 db.execute(
                     "UPDATE jobs SET status = 'interrupted', finished = ?, error = ? WHERE id = ?",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gen3d.errors import UserError
 from gen3d.server import runs
-from gen3d.server.jobqueue import QUEUE_FILE, Job, JobQueue
+from gen3d.server.jobqueue import QUEUE_FILE, JobQueue, QueuedJob
 from gen3d.server.worker import STOP_GRACE_S
 
 LOCK_FILE = Path(".gen3d-server") / "serve.lock"
@@ -33,7 +33,7 @@ class ServeConfig:
     workers: int = 1
 
 
-def recover(queue: JobQueue, runs_dir: Path) -> list[Job]:
+def recover(queue: JobQueue, runs_dir: Path) -> list[QueuedJob]:
     """Interrupt running jobs whose worker died; their manifests say so too."""
     stale = queue.interrupt_stale()
     for job in stale:

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from gen3d.errors import UserError
-from gen3d.runs.folder import slugify
+from gen3d.io import slugify
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 50_000_000  # the same ceiling as the scene image loaders

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gen3d.server import runs
 from gen3d.server.jobkinds import JOB_KINDS
-from gen3d.server.jobqueue import QUEUE_FILE, Job, JobQueue, job_output_path
+from gen3d.server.jobqueue import QUEUE_FILE, JobQueue, QueuedJob, job_output_path
 
 CLI = [sys.executable, "-m", "gen3d"]  # the same interpreter and package as the server
 POLL_S = 0.5
@@ -49,11 +49,11 @@ class Worker:
             else:
                 self.run(job)
 
-    def command(self, job: Job) -> list[str]:
+    def command(self, job: QueuedJob) -> list[str]:
         kind = JOB_KINDS[job.kind]
         return [*CLI, *kind.argv(job.options, self.runs_dir / job.run_id)]
 
-    def run(self, job: Job) -> str:
+    def run(self, job: QueuedJob) -> str:
         """Run one claimed job to its end; returns the final job status."""
         output = job_output_path(self.runs_dir, job.id)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ class Worker:
         self.queue.finish(job.id, status, child.returncode, error)
         return status
 
-    def _wait(self, job: Job, child: subprocess.Popen) -> str | None:
+    def _wait(self, job: QueuedJob, child: subprocess.Popen) -> str | None:
         """Wait for the child, checking in; returns 'cancel' or 'stop' when we had to end it."""
         while True:
             try:

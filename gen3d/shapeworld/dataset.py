@@ -17,8 +17,8 @@ import torch
 
 from gen3d.cameras import Cameras
 from gen3d.errors import UserError
+from gen3d.io import atomic_output, atomic_write_json
 from gen3d.render.mesh import MeshRender, ShadingConfig, render_mesh
-from gen3d.runs.folder import atomic_output, atomic_write_json
 from gen3d.shapeworld.scenes import FOV_Y_DEG, sample_scene
 from gen3d.shapeworld.shapes import build_mesh
 from gen3d.shapeworld.spec import SceneSpec
@@ -29,7 +29,6 @@ CAPTIONS_PER_SCENE = 4
 CACHE_VERSION = 1
 INDEX_NAME = "index.json"
 PARTIAL_NAME = "partial.json"  # parameters of the shards of an unfinished cache
-TEXT_CACHE_NAME = "text_embeddings.npz"
 
 
 def render_spec(spec: SceneSpec, cams: Cameras, ss: int = SUPERSAMPLING) -> MeshRender:
@@ -186,14 +185,3 @@ class ShapeWorldDataset(torch.utils.data.Dataset):
 
     def unique_captions(self) -> list[str]:
         return sorted(set(self.captions.reshape(-1).tolist()))
-
-
-def precompute_text_embeddings(cache_dir: Path, encoder=None) -> Path:
-    """Encode every caption of a cache into its on-disk text cache, so training never runs the
-    text model; `encoder` defaults to a `TextEncoder` on that file."""
-    from gen3d.models.text import TextEncoder
-
-    path = Path(cache_dir) / TEXT_CACHE_NAME
-    encoder = encoder or TextEncoder(cache_file=path)
-    encoder.encode(ShapeWorldDataset(cache_dir, views=1).unique_captions())
-    return encoder.save_cache(path)

@@ -38,15 +38,8 @@ from gen3d.models.adapters import (
     read_state_dict,
     schedule_from_config,
 )
-from gen3d.models.adapters.convert import (
-    Layout,
-    build_component,
-    component_rules,
-    folder_shapes,
-    infer_config,
-    infer_unet_config,
-    to_folder,
-)
+from gen3d.models.adapters.checkpoints import infer_config, infer_unet_config
+from gen3d.models.adapters.convert import Layout, build_component, component_rules, folder_shapes, to_folder
 from gen3d.models.prior import Observed, PriorOptions
 
 VIEWS = 4  # MVDream's released checkpoints denoise sets of 4 views

@@ -1,4 +1,4 @@
-"""The `selftest` job kind: a few seconds of *fake* training, for checking the queue end to end.
+"""The `selftest` job kind: a few seconds of *fake* training, for checking the server's queue end to end.
 
 It trains nothing. The "train" stage sleeps `step_seconds` per step and logs a made-up loss curve
 (exponential decay with seeded noise) through the real job runner, so events, checkpoints, interrupts and
@@ -18,7 +18,8 @@ import trimesh
 from PIL import Image
 
 from gen3d.cameras import orbit
-from gen3d.runs import Job, Stage, StageContext, atomic_output
+from gen3d.io import atomic_output
+from gen3d.runs import Job, Stage, StageContext
 
 BOX_EXTENTS = (0.9, 0.6, 0.4)
 BOX_RGB = (230, 120, 40)

@@ -6,14 +6,12 @@ with the same model, EMA, optimiser, RNG and data order. The data order is a pur
 (seed, step) (`batch_indices`), which is why no sampler state needs saving beyond the step.
 
 Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on CPU,
-nccl on CUDA); each rank takes its slice of every global batch, rank 0 alone writes the run
-folder and every rank resumes from rank 0's checkpoint.
+nccl on CUDA); each rank takes its slice of every global batch (`gen3d.training.distributed`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +22,12 @@ import torch.distributed as dist
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from gen3d.runs.folder import atomic_output
+from gen3d.io import atomic_output
+from gen3d.training.distributed import rank_and_world
 
 
 @dataclass
-class OptimConfig:
+class TrainOptimConfig:
     steps: int = 1000
     batch: int = 16  # global batch (items: images for the autoencoder, view sets for the diffusion model)
     lr: float = 1e-3
@@ -39,20 +38,6 @@ class OptimConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 200  # steps between checkpoints
     log_every: int = 10  # steps between progress events
-
-
-# ---- distributed --------------------------------------------------------------------------
-
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def rank_and_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 # ---- data order ---------------------------------------------------------------------------
@@ -107,7 +92,7 @@ class EMA:
 
 # ---- trainer ------------------------------------------------------------------------------
 
-def _lr_factor(cfg: OptimConfig) -> Callable[[int], float]:
+def _lr_factor(cfg: TrainOptimConfig) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
@@ -119,7 +104,7 @@ def _lr_factor(cfg: OptimConfig) -> Callable[[int], float]:
 class Trainer:
     """One model's optimiser, schedule, EMA and loss history; `step` does one update."""
 
-    def __init__(self, model: nn.Module, cfg: OptimConfig):
+    def __init__(self, model: nn.Module, cfg: TrainOptimConfig):
         self.model, self.cfg = model, cfg
         self.net = nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -212,61 +197,3 @@ def save_loss_curve(losses: list[float], path: Path, title: str, size: tuple[int
     with atomic_output(Path(path)) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
-
-
-# ---- ranks > 0 under torchrun ------------------------------------------------------------
-
-class FollowerContext:
-    """What a stage sees on a rank > 0: rank 0's run folder to read, its own seeded generators,
-    and a step loop that resumes from rank 0's checkpoint but never writes anything."""
-
-    def __init__(self, job, stage: str, path: Path, rank: int):
-        from gen3d.runs.job import derive_seed
-
-        self.job, self.stage, self.path = job, stage, Path(path)
-        seed = derive_seed(job.seed, stage) + rank
-        self.generator = torch.Generator().manual_seed(seed)
-        self.np_rng = np.random.default_rng(seed)
-
-    config = property(lambda self: self.job.config)
-    inputs = property(lambda self: self.job.inputs)
-    seed = property(lambda self: self.job.seed)
-
-    def steps(self, total: int, *, every: int, state: Callable[[], dict], restore: Callable[[dict], None]):
-        from gen3d.runs.checkpoint import load_checkpoint
-        from gen3d.runs.folder import CKPT_DIR
-
-        ckpt = load_checkpoint(self.path / CKPT_DIR / f"{self.stage}.pt")
-        if ckpt is not None:
-            restore(ckpt.state)
-        yield from range(0 if ckpt is None else ckpt.step, total)
-
-    def event(self, *args, **kwargs) -> None:
-        pass
-
-    log = add_artifact = set_metrics = event
-
-
-def follow_job(job, run_dir: Path, rank: int, training_stages: set[str]) -> None:
-    """Rank > 0's side of a distributed job: join the training stages' collectives and wait at
-    each stage's closing barrier for rank 0 (which alone prepares data and writes the run folder).
-
-    Stage statuses are read before the first barrier, i.e. before rank 0 starts (or resumes), so
-    both ranks skip exactly the same finished stages.
-    """
-    from gen3d.runs.folder import MANIFEST
-
-    manifest = Path(run_dir) / MANIFEST
-    done = set()
-    if manifest.is_file():
-        import json
-
-        done = {s["name"] for s in json.loads(manifest.read_text())["stages"] if s["status"] == "done"}
-    dist.barrier()
-    for stage in job.stages:
-        if stage.name in done:
-            continue
-        if stage.name in training_stages:
-            stage.run(FollowerContext(job, stage.name, run_dir, rank))  # ends at the stage's barrier
-        else:
-            dist.barrier()

@@ -1,0 +1,54 @@
+"""Measured CPU costs behind the estimated seconds per stage that every job prints and records.
+
+Measured with text-to-3d's default config on the 2-core dev machine while other jobs shared it
+(one torch thread: faster there than two); re-measure when the prior or the engine changes.
+Estimates read no files, so they never load a prior: `PRIOR_SET_SIZE` stands for its set size.
+"""
+
+from __future__ import annotations
+
+# export: marching cubes + cleaning, mesh turntable frames
+SECONDS_PER_GRID_POINT = 3e-7
+SECONDS_PER_TURNTABLE_PIXEL = 6e-6
+MESH_CLEAN_SECONDS = 2.0  # cleaning and decimating the marching-cubes mesh to export.target_faces
+SECONDS_PER_RENDER_PIXEL = 1.2e-4  # evaluation-orbit renders of the field
+
+PRIOR_LOAD_SECONDS = 3.0
+PRIOR_SET_SIZE = 4  # views per set of the bundled priors
+SECONDS_PER_VIEW_STEP = 0.025  # one sampler step for one generated view (CFG: two network rows)
+SECONDS_PER_FIT_RAY = 1.2e-4
+SECONDS_PER_DISTILL_PIXEL = 8.2e-5  # one rendered pixel per score-distillation step (render + backward)
+SECONDS_PER_DISTILL_VIEW = 0.0375  # one view through encode + guided denoiser per score-distillation step
+VSD_LORA_FACTOR = 1.0  # VSD's LoRA update per step, relative to the guided prior call
+
+
+def estimate_views_seconds(views: int, steps: int) -> float:
+    """Loading the prior and sampling `views` generated views in `steps` sampler steps."""
+    return PRIOR_LOAD_SECONDS + views * steps * SECONDS_PER_VIEW_STEP
+
+
+def estimate_fit_seconds(recon) -> float:
+    """The engine's fit on generated views (`recon`: a ReconConfig)."""
+    return recon.steps * recon.batch_rays * SECONDS_PER_FIT_RAY
+
+
+def distill_step_seconds(render_size: int, vsd: bool = False) -> float:
+    """One score-distillation step over one set of the prior's views rendered at `render_size`."""
+    return PRIOR_SET_SIZE * (render_size**2 * SECONDS_PER_DISTILL_PIXEL
+                             + SECONDS_PER_DISTILL_VIEW * (1 + (VSD_LORA_FACTOR if vsd else 0)))
+
+
+def estimate_distill_seconds(steps: int, render_size: int, vsd: bool = False) -> float:
+    """Loading the prior and `steps` distillation steps."""
+    return PRIOR_LOAD_SECONDS + steps * distill_step_seconds(render_size, vsd)
+
+
+def estimate_export_seconds(export) -> float:
+    """Marching cubes and the turntable of `export` (an ExportConfig)."""
+    return (export.resolution**3 * SECONDS_PER_GRID_POINT
+            + export.turntable_frames * export.turntable_size**2 * SECONDS_PER_TURNTABLE_PIXEL)
+
+
+def estimate_object_export_seconds(export, render_size: int) -> float:
+    """`export_field` plus cleaning plus the 8 evaluation-orbit renders of `save_renders`."""
+    return estimate_export_seconds(export) + MESH_CLEAN_SECONDS + 8 * render_size**2 * SECONDS_PER_RENDER_PIXEL
