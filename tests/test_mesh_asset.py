@@ -11,8 +11,8 @@ from gen3d.cameras import from_fov, look_at
 from gen3d.export.extract import extract_mesh
 from gen3d.export.metrics import mesh_psnr, solid_euler, surface_metrics
 from gen3d.export.texture import auto_texture_size, bake_texture, color_vertices
-from gen3d.render.mesh import render_mesh
-from gen3d.render.surface import surface_radiance
+from gen3d.render.mesh import RayCaster, render_mesh
+from gen3d.render.surface import facing_views, surface_radiance
 
 RADIUS = 0.5
 
@@ -148,3 +148,27 @@ def test_auto_texture_size_grows_with_the_object_on_screen():
     assert auto_texture_size(small, 10.0) == 256
     side = auto_texture_size(big, 0.01)
     assert side & (side - 1) == 0
+
+
+class DirectionColouredBall(PositionColouredBall):
+    """The ball of PositionColouredBall whose colour is the viewing direction mapped to RGB."""
+
+    def color(self, features, d):
+        return -d * 0.5 + 0.5
+
+
+def test_view_dependent_colour_comes_from_the_cameras_that_see_the_point():
+    field = DirectionColouredBall()
+    point, normal = torch.tensor([[RADIUS, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]])
+    centers = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [-3.0, 0.0, 0.0]])
+    dirs, weights = facing_views(point, normal, centers, count=2)
+    assert weights[0].tolist() == [1.0, 0.0]  # the cameras at +y (grazing, behind) and -x (behind) do not count
+    rgb = surface_radiance(field, point, normal, 0.06, view_dirs=dirs, view_weights=weights)
+    assert torch.allclose(rgb, torch.tensor([[1.0, 0.5, 0.5]]), atol=1e-4)
+    # A wall between the point and its only camera: no camera sees it, so it is read along the normal.
+    wall = trimesh.creation.box(extents=(0.05, 2.0, 2.0)).apply_translation([1.5, 0.0, 0.0])
+    caster = RayCaster(wall)
+    hidden = facing_views(point, normal, centers, 2, lambda o, t: torch.from_numpy(
+        caster.unobstructed(o.double().numpy(), t.double().numpy(), 0.01)))[1]
+    assert hidden.sum() == 0
+    assert caster.unobstructed(np.array([[0.0, 0.0, 0.0]]), np.array([[0.0, 3.0, 0.0]]), 0.01).all()

@@ -32,7 +32,7 @@ TOLERANCE_PX = 5
 def server(tmp_path_factory):
     runs = tmp_path_factory.mktemp("viewer") / "runs"
     runs.mkdir()
-    make_run(runs, BOX_RUN, inputs={"prompt": "a blue box"}, metrics={"psnr": 24.25})
+    make_run(runs, BOX_RUN, inputs={"prompt": "a blue box"}, metrics={"psnr": 24.25, "mesh_psnr": 22.5})
     make_run(runs, "20250102-000000-reconstruct-fern", kind="reconstruct", status="failed",
              inputs={"scene": "/data/fern"}, glb=False)
     make_run(runs, "20250103-000000-image-to-3d-chair", kind="image-to-3d", inputs={"image": "/up/chair.png"},
@@ -179,7 +179,8 @@ def test_time_slider_and_play_step_through_a_4d_run(page, server):
 
 def test_run_page_shows_views_curves_metrics_and_downloads(page, server):
     open_run(page, server)
-    assert page.locator("#metrics").inner_text().split() == ["psnr", "24.25"]
+    assert page.locator("#metrics").inner_text().split() == ["psnr", "24.25", "mesh_psnr", "22.5"]
+    assert page.locator("#fidelity").inner_text() == "PSNR: field 24.25 dB, exported mesh 22.50 dB (-1.75)"
     links = page.locator("#files a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
     assert links == [f"/api/runs/{BOX_RUN}/files/views/view_000.png", f"/api/runs/{BOX_RUN}/files/mesh.glb"]
     assert page.locator(".views-grid img").evaluate("img => img.decode().then(() => img.naturalWidth)") == 32

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 from gen3d.io import atomic_write_bytes, environment
+
+
+_STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One line on stderr with the seconds since the benchmark started: long benchmarks show
+    where they are without touching the table on stdout."""
+    print(f"[{time.perf_counter() - _STARTED:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def _fmt(value) -> str:

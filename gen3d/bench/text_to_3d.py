@@ -4,7 +4,8 @@ For every (method, caption) a full text-to-3d job runs with the bundled prior (a
 load time is its own row). Rows: seconds per stage and end to end, the ratio of the job's estimate
 to its actual time, mask IoU and colour of the 8 renders at the evaluation orbit against the
 ground-truth mesh rendered by the project's mesh renderer at the same cameras, and the Chamfer
-distance of the exported mesh to the ground-truth mesh (in units of its bounding-sphere radius).
+distance, normal error, F-score at 2% and topology of the exported mesh against the ground-truth
+mesh (distances in units of its bounding-sphere radius), and the run's mesh_psnr.
 Captions carry a size word, which fixes the ground-truth geometry. `--quick` runs fewer captions
 and shorter distillations (the mv-recon job is the same).
 """
@@ -20,7 +21,8 @@ import torch
 import trimesh
 from PIL import Image
 
-from gen3d.export.metrics import chamfer_distance, mask_iou
+from gen3d.bench.report import progress
+from gen3d.export.metrics import mask_iou, surface_metrics
 from gen3d.pipelines import text_to_3d
 from gen3d.pipelines.stages.resources import cached_prior
 from gen3d.render.mesh import render_mesh
@@ -34,6 +36,7 @@ from gen3d.shapeworld.spec import nearest_colour
 
 SEED = 0
 QUICK_DISTILL_STEPS = 300
+SURFACE_KEYS = ("chamfer", "normal_error_deg", "fscore", "euler_ok")
 
 
 def captions(quick: bool) -> list[str]:
@@ -48,7 +51,9 @@ def _renders(run_dir: Path) -> torch.Tensor:
 
 
 def score(run_dir: Path, caption: str) -> dict:
-    """mask_iou, color_ok and chamfer of a finished run against the caption's ground truth."""
+    """mask_iou and color_ok of the evaluation-orbit renders, the surface metrics of the exported
+    mesh (Chamfer, normal error, F-score at 2%, topology) against the caption's ground truth, and
+    the run's mesh_psnr when it has one."""
     spec = parse_caption(caption)
     truth_mesh = build_mesh(spec)
     renders = _renders(run_dir)
@@ -56,11 +61,13 @@ def score(run_dir: Path, caption: str) -> dict:
     foreground = renders[..., 3] > 0.5
     colour = renders[..., :3][foreground].mean(0).numpy() if foreground.any() else np.ones(3)
     mesh_path = run_dir / "mesh.ply"
-    chamfer = (chamfer_distance(trimesh.load(mesh_path, force="mesh"), truth_mesh) if mesh_path.is_file()
-               else float("nan"))
+    surface = (surface_metrics(trimesh.load(mesh_path, force="mesh"), truth_mesh) if mesh_path.is_file()
+               else dict.fromkeys(SURFACE_KEYS, float("nan")))
+    metrics = read_manifest(run_dir)["metrics"]
     return {"mask_iou": mask_iou(renders[..., 3], truth[..., 3]),
             "color_ok": bool(foreground.any()) and nearest_colour(colour)[0] == spec.colour,
-            "chamfer": chamfer}
+            **{k: surface[k] for k in SURFACE_KEYS},
+            "mesh_psnr": metrics.get("mesh_psnr", float("nan"))}
 
 
 def _row(method: str, caption: str, run_dir: Path, seconds: float) -> dict:
@@ -72,27 +79,41 @@ def _row(method: str, caption: str, run_dir: Path, seconds: float) -> dict:
 
 
 def _mean_row(method: str, rows: list[dict]) -> dict:
-    keys = ("seconds", "mask_iou", "color_ok", "chamfer", "time_estimate_ratio")
+    keys = ("seconds", "mask_iou", "color_ok", *SURFACE_KEYS, "mesh_psnr", "time_estimate_ratio")
     return {"method": method, "caption": "mean",
             **{k: float(np.nanmean([float(r[k]) for r in rows])) for k in keys}}
+
+
+def method_config(method: str, quick: bool) -> text_to_3d.Config:
+    """The job's default config for `method`; `quick` shortens score distillation."""
+    cfg = text_to_3d.Config(method=method)
+    cfg.recon.threads = 0  # keep the process's thread count (OMP_NUM_THREADS), recorded in the report's env
+    if quick:
+        cfg.distill.steps = QUICK_DISTILL_STEPS
+        cfg.distill.coarse_steps = QUICK_DISTILL_STEPS // 5
+    return cfg
+
+
+def run_methods(plan: dict[str, list[str]], quick: bool) -> list[dict]:
+    """A text-to-3d job per (method, caption) of `plan`, scored; per-caption rows, then a mean row
+    per method."""
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method, method_captions in plan.items():
+            cfg = method_config(method, quick)
+            method_rows = []
+            for i, caption in enumerate(method_captions):
+                run_dir = Path(tmp) / f"{method}-{i}"
+                began = time.perf_counter()
+                run_job(text_to_3d.build_job(cfg, {"prompt": caption}, SEED), run_dir, echo=lambda _: None)
+                method_rows.append(_row(method, caption, run_dir, time.perf_counter() - began))
+                progress(f"{method} {i + 1}/{len(method_captions)}: {caption}")
+            rows += method_rows + [_mean_row(method, method_rows)]
+    return rows
 
 
 def run(quick: bool, out_dir: Path) -> list[dict]:
     start = time.perf_counter()
     cached_prior("shapeworld-mv", None)
     rows: list[dict] = [{"method": "load", "caption": "-", "seconds": time.perf_counter() - start}]
-    with tempfile.TemporaryDirectory() as tmp:
-        for method in text_to_3d.METHODS:
-            cfg = text_to_3d.Config(method=method)
-            cfg.recon.threads = 0  # keep the process's thread count (OMP_NUM_THREADS), recorded in the report's env
-            if quick:
-                cfg.distill.steps = QUICK_DISTILL_STEPS
-                cfg.distill.coarse_steps = QUICK_DISTILL_STEPS // 5
-            method_rows = []
-            for i, caption in enumerate(captions(quick)):
-                run_dir = Path(tmp) / f"{method}-{i}"
-                began = time.perf_counter()
-                run_job(text_to_3d.build_job(cfg, {"prompt": caption}, SEED), run_dir, echo=lambda _: None)
-                method_rows.append(_row(method, caption, run_dir, time.perf_counter() - began))
-            rows += method_rows + [_mean_row(method, method_rows)]
-    return rows
+    return rows + run_methods({method: captions(quick) for method in text_to_3d.METHODS}, quick)

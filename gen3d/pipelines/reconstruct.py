@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from gen3d.cameras import Cameras
 from gen3d.config import from_dict
 from gen3d.data import Scene, Split, load_scene
 from gen3d.data.images import save_png
@@ -257,9 +258,16 @@ def evaluate(ctx: StageContext) -> None:
               psnr=result["psnr"], ssim=result["ssim"])
 
 
+def photo_cameras(cfg: Config, data: SceneData) -> Cameras | None:
+    """The training cameras, when the field's colour depends on the view: exports are coloured as
+    those photos saw each point (export.texture)."""
+    return data.train.cameras if recon_config(cfg, data.scene).field.view_dependent else None
+
+
 def export(ctx: StageContext) -> None:
-    trainer = trained_engine(ctx)
-    export_field(ctx, trainer.field, ctx.config.export, scoring_views(ctx.config, scene_data(ctx), trainer))
+    trainer, data = trained_engine(ctx), scene_data(ctx)
+    export_field(ctx, trainer.field, ctx.config.export, scoring_views(ctx.config, data, trainer),
+                 photo_cameras(ctx.config, data))
 
 
 # --- estimates ---------------------------------------------------------------------------------
@@ -304,7 +312,7 @@ def export_mesh(run: RunFolder, fmt: str, resolution: int | None, config_type: t
     trainer = restored_trainer(cfg, data, ckpt.state)
     resolution = resolution or cfg.export.resolution
     asset = field_asset(trainer.field, cfg.export, resolution, scoring_views(cfg, data, trainer),
-                        texture=cfg.export.texture and fmt == "glb")
+                        texture=cfg.export.texture and fmt == "glb", photo_cameras=photo_cameras(cfg, data))
     path = write_mesh(asset.primary, run.path / "export" / f"mesh-{resolution}.{fmt}")
     run.add_artifact(path, "mesh", "export", format=fmt, up="y" if fmt == "glb" else "z", resolution=resolution)
     return path

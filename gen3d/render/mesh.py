@@ -109,6 +109,15 @@ class RayCaster:
         normal[miss] = 0.0
         return RayHits(hit, t, face, bary, normal)
 
+    def unobstructed(self, origins: np.ndarray, targets: np.ndarray, clearance: float) -> np.ndarray:
+        """(R,) bool: nothing of the mesh lies between each origin (moved `clearance` towards its
+        target, off its own surface) and its target."""
+        offset = targets - origins
+        distance = np.linalg.norm(offset, axis=1)
+        dirs = offset / np.maximum(distance, 1e-12)[:, None]
+        hits = self.cast(origins + clearance * dirs, dirs)
+        return ~hits.hit | (hits.t >= distance - 2 * clearance)
+
 
 def sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """(P, 3) bilinear samples of an (H, W, C) image in [0, 1] at UVs (P, 2); v = 1 is the top row

@@ -129,11 +129,21 @@ async function prefetch(viewer, files, options) {
   for (const file of files) await viewer.load(file.url, options(file)).catch(() => null); // shown when reached
 }
 
+/** "field 30.30 dB, mesh 27.80 dB (-2.50)": how much of the field's fidelity the exported file keeps. */
+function fidelityLine(metrics) {
+  const field = metrics.psnr ?? metrics.train_psnr;
+  if (typeof field !== "number" || typeof metrics.mesh_psnr !== "number") return null;
+  const gap = metrics.mesh_psnr - field;
+  return el("p", { class: "fidelity", id: "fidelity" },
+    `PSNR: field ${field.toFixed(2)} dB, exported mesh ${metrics.mesh_psnr.toFixed(2)} dB (${gap >= 0 ? "+" : ""}${gap.toFixed(2)})`);
+}
+
 function metricsPanel(manifest) {
   const metrics = Object.entries(manifest.metrics || {});
   const stages = manifest.stages || [];
   return el("section", { class: "panel side" },
     el("h2", {}, "Metrics"),
+    fidelityLine(manifest.metrics || {}),
     metrics.length
       ? el("table", { class: "kv", id: "metrics" }, metrics.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, typeof v === "object" ? JSON.stringify(v) : formatNumber(v)))))
       : el("p", { class: "muted" }, "none yet"),

@@ -20,7 +20,8 @@ from torch import Tensor
 from gen3d.cameras import Cameras
 from gen3d.export.metrics import mesh_psnr
 from gen3d.export.texture import ColorSource, auto_texture_size, bake_texture, color_vertices
-from gen3d.render.surface import surface_radiance
+from gen3d.render.mesh import RayCaster
+from gen3d.render.surface import facing_views, surface_radiance
 from gen3d.render.volume import RadianceField
 
 DEFAULT_TEXTURE_SIZE = 1024  # without scoring views to size it from
@@ -43,13 +44,27 @@ class ScoringViews:
         return float((distance / self.cameras.fy).min())
 
 
-def field_color_source(field: RadianceField, reach: float) -> ColorSource:
-    """The field's radiance at surface points, seen along their normals (see gen3d.render.surface)."""
+FACING_VIEWS = 3  # camera directions averaged per surface point of a view-dependent field
+
+
+def field_color_source(field: RadianceField, reach: float, mesh: trimesh.Trimesh | None = None,
+                       photo_cameras: Cameras | None = None) -> ColorSource:
+    """The field's radiance at surface points (see gen3d.render.surface): seen along their normals,
+    or, given the cameras the field was trained from (for a view-dependent field), from the
+    FACING_VIEWS of them that face each point most squarely and that `mesh` does not hide it from:
+    the colours the photos showed there, not a direction no photo saw."""
+    caster = RayCaster(mesh) if mesh is not None and photo_cameras is not None else None
+
+    def visible(origins: Tensor, targets: Tensor) -> Tensor:
+        return torch.from_numpy(caster.unobstructed(origins.double().numpy(), targets.double().numpy(), reach))
 
     def source(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
-        rgb = surface_radiance(field, torch.tensor(points, dtype=torch.float32),
-                               torch.tensor(normals, dtype=torch.float32), reach)
-        return rgb.double().numpy()
+        p, n = torch.tensor(points, dtype=torch.float32), torch.tensor(normals, dtype=torch.float32)
+        dirs = weights = None
+        if photo_cameras is not None:
+            dirs, weights = facing_views(p, n, photo_cameras.centers.float(), FACING_VIEWS,
+                                         visible if caster is not None else None)
+        return surface_radiance(field, p, n, reach, view_dirs=dirs, view_weights=weights).double().numpy()
 
     return source
 

@@ -130,22 +130,24 @@ def field_mesh(field: NerfField, cfg: ExportConfig, resolution: int,
 
 
 def field_asset(field: NerfField, cfg: ExportConfig, resolution: int, views: ScoringViews | None = None,
-                texture: bool | None = None) -> MeshAsset:
+                texture: bool | None = None, photo_cameras: Cameras | None = None) -> MeshAsset:
     """The field's mesh coloured by what the field renders: vertex colours, and a baked texture
-    when `texture` (default `cfg.texture`), sized by `cfg.texture_size` or the scoring views."""
+    when `texture` (default `cfg.texture`), sized by `cfg.texture_size` or the scoring views.
+    `photo_cameras`: the cameras the field was trained from, to colour a view-dependent field as
+    those photos saw each point."""
     mesh, threshold = field_mesh(field, cfg, resolution, views)
-    source = field_color_source(field, reach_for(field.aabb, resolution, cfg.color_reach))
+    source = field_color_source(field, reach_for(field.aabb, resolution, cfg.color_reach), mesh, photo_cameras)
     texture = cfg.texture if texture is None else texture
     return mesh_asset(mesh, source, texture, texture_size_for(mesh, cfg.texture_size, views), threshold)
 
 
 def export_field(ctx: StageContext, field: NerfField, cfg: ExportConfig,
-                 views: ScoringViews | None = None) -> trimesh.Trimesh | None:
+                 views: ScoringViews | None = None, photo_cameras: Cameras | None = None) -> trimesh.Trimesh | None:
     """Mesh files (the GLB textured when `cfg.texture`), a point cloud on the mesh and a turntable of
     it, and `mesh_psnr` against `views` when given; None (logged) when the field has no surface at
     `cfg.threshold`."""
     try:
-        asset = field_asset(field, cfg, cfg.resolution, views)
+        asset = field_asset(field, cfg, cfg.resolution, views, photo_cameras=photo_cameras)
     except UserError as exc:  # an empty or saturated field: nothing to mesh, not bad input
         ctx.log(f"no mesh exported: {exc}")
         ctx.event(message="no surface found at export.threshold; no mesh exported")
