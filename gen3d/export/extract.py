@@ -81,9 +81,11 @@ def grid_mesh(grid: np.ndarray, aabb, threshold: float, solidify: int | None = N
     return trimesh.Trimesh(verts, faces, process=True)
 
 
-def best_threshold(grid: np.ndarray, aabb, candidates: list[float], cameras: Cameras, masks: Tensor) -> float:
-    """The candidate level whose raw mesh's silhouettes best match `masks` (N, H, W) bool at
-    `cameras` (intersection over union): the level the renders put the surface at.
+def best_threshold(grid: np.ndarray, aabb, candidates: list[float], cameras: Cameras, masks: Tensor,
+                   solidify: int | None = None) -> float:
+    """The candidate level whose mesh (`grid_mesh` with `solidify`) has silhouettes that best match
+    `masks` (N, H, W) bool at `cameras` (intersection over union): the level the renders put the
+    surface at.
 
     A density level is only a proxy for where a radiance field's surface shows; how dense the
     surface must be depends on the scene and the training (lego's best level is twice its
@@ -92,7 +94,7 @@ def best_threshold(grid: np.ndarray, aabb, candidates: list[float], cameras: Cam
     for level in candidates:
         if not grid.max() > level:
             break
-        silhouette = render_mesh(grid_mesh(grid, aabb, level), cameras).rgba[..., 3] > 0.5
+        silhouette = render_mesh(grid_mesh(grid, aabb, level, solidify), cameras).rgba[..., 3] > 0.5
         scores.append((silhouette & masks).sum().item() / max((silhouette | masks).sum().item(), 1))
     if not scores:
         return candidates[0]

@@ -11,6 +11,9 @@ from __future__ import annotations
 SECONDS_PER_GRID_POINT = 3e-7
 SECONDS_PER_TURNTABLE_PIXEL = 6e-6
 MESH_CLEAN_SECONDS = 2.0  # cleaning and decimating the marching-cubes mesh to export.target_faces
+THRESHOLD_CANDIDATES = 7  # marching cubes + silhouettes per candidate level of export.auto_threshold
+SECONDS_PER_CANDIDATE_POINT = 2e-8  # per grid point: one candidate's marching cubes and silhouettes
+SECONDS_PER_TEXTURED_FACE = 1.5e-4  # xatlas charting and packing, texel colours from the field
 SECONDS_PER_RENDER_PIXEL = 1.2e-4  # evaluation-orbit renders of the field
 
 PRIOR_LOAD_SECONDS = 3.0
@@ -44,8 +47,11 @@ def estimate_distill_seconds(steps: int, render_size: int, vsd: bool = False) ->
 
 
 def estimate_export_seconds(export) -> float:
-    """Marching cubes and the turntable of `export` (an ExportConfig)."""
-    return (export.resolution**3 * SECONDS_PER_GRID_POINT
+    """Marching cubes (with the level search of `auto_threshold`), the texture, and the turntable
+    of `export` (an ExportConfig)."""
+    search = THRESHOLD_CANDIDATES * SECONDS_PER_CANDIDATE_POINT if export.auto_threshold else 0.0
+    return (export.resolution**3 * (SECONDS_PER_GRID_POINT + search)
+            + (export.target_faces * SECONDS_PER_TEXTURED_FACE if export.texture else 0.0)
             + export.turntable_frames * export.turntable_size**2 * SECONDS_PER_TURNTABLE_PIXEL)
 
 

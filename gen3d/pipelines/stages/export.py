@@ -122,10 +122,12 @@ def field_mesh(field: NerfField, cfg: ExportConfig, resolution: int,
         return torch.cat([field.density(points[s:s + chunk]) for s in range(0, len(points), chunk)])
 
     grid = checked_density_grid(density, field.aabb, resolution)
+    solidify = None if cfg.solidify < 0 else cfg.solidify
     threshold = cfg.threshold
     if cfg.auto_threshold and views is not None and views.opacity is not None:
-        threshold = best_threshold(grid, field.aabb, threshold_ladder(cfg.threshold), views.cameras, views.opacity > 0.5)
-    raw = grid_mesh(grid, field.aabb, threshold, solidify=None if cfg.solidify < 0 else cfg.solidify)
+        threshold = best_threshold(grid, field.aabb, threshold_ladder(cfg.threshold), views.cameras, views.opacity > 0.5,
+                                   solidify)
+    raw = grid_mesh(grid, field.aabb, threshold, solidify)
     return clean_mesh(raw, keep_largest=cfg.keep_largest, target_faces=cfg.target_faces), threshold
 
 

@@ -26,7 +26,7 @@ def object_recon_config() -> ReconConfig:
     recon.field.encoding.kind = "hash"
     recon.field.encoding.hash.levels = 8
     recon.field.encoding.hash.log2_table = 14
-    recon.field.encoding.hash.max_resolution = 128
+    recon.field.encoding.hash.max_resolution = 64  # finer detail is where generated views disagree
     recon.render.aabb = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
     recon.render.near, recon.render.far = 1.0, 4.0
     recon.render.step_size = 0.04
