@@ -11,7 +11,7 @@ from __future__ import annotations
 SECONDS_PER_GRID_POINT = 3e-7
 SECONDS_PER_TURNTABLE_PIXEL = 6e-6
 MESH_CLEAN_SECONDS = 2.0  # cleaning and decimating the marching-cubes mesh to export.target_faces
-THRESHOLD_CANDIDATES = 7  # marching cubes + silhouettes per candidate level of export.auto_threshold
+THRESHOLD_CANDIDATES = 9  # marching cubes + silhouettes per candidate level of export.auto_threshold
 SECONDS_PER_CANDIDATE_POINT = 2e-8  # per grid point: one candidate's marching cubes and silhouettes
 SECONDS_PER_TEXTURED_FACE = 1.5e-4  # xatlas charting and packing, texel colours from the field
 SECONDS_PER_RENDER_PIXEL = 1.2e-4  # evaluation-orbit renders of the field

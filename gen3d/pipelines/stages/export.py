@@ -76,8 +76,8 @@ def object_export_config() -> ExportConfig:
 
 
 def threshold_ladder(threshold: float) -> list[float]:
-    """Candidate density levels for `auto_threshold`: half to four times the configured one."""
-    return [threshold * 2 ** (k / 2) for k in range(-2, 5)]
+    """Candidate density levels for `auto_threshold`: a quarter to four times the configured one."""
+    return [threshold * 2 ** (k / 2) for k in range(-4, 5)]
 
 
 @torch.no_grad()
