@@ -543,7 +543,7 @@ def test_convert_errors_are_one_line(tmp_path, capsys):
 
 
 def test_out_of_memory_lists_the_options(priors, monkeypatch):
-    with pytest.raises(UserError, match="attention_slicing=true"), memory_guard("sd"):
+    with pytest.raises(UserError, match=r"needs about 1536 MiB.*attention_slicing=true"), memory_guard("sd", 1536):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     prior = priors["sd15"]
 
@@ -552,7 +552,7 @@ def test_out_of_memory_lists_the_options(priors, monkeypatch):
 
     monkeypatch.setattr(prior.unet, "forward", exhausted)
     cond, _ = prior.condition("a cube", cameras(1))
-    with pytest.raises(UserError, match=r"out of accelerator memory in the 'sd' prior.*dtype=float16"):
+    with pytest.raises(UserError, match=r"out of GPU memory in the 'sd' prior: it needs about \d+ MiB.*dtype=float16"):
         prior.denoiser.output(torch.zeros(1, 4, 8, 8), 10, cond)
 
 

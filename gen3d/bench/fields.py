@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from gen3d.device import activate
 from gen3d.fields.encodings import EncodingConfig, FrequencyConfig, HashGridConfig, TriplaneConfig, tcnn_available
 from gen3d.fields.nerf import FieldConfig, NerfField
 
@@ -32,6 +33,7 @@ def candidates() -> list[tuple[str, str, FieldConfig]]:
         ("frequency", "torch", FieldConfig(layers=8, hidden=256, encoding=EncodingConfig(
             kind="frequency", frequency=FrequencyConfig(frequencies=10)))),
     ]
+    activate("cuda" if torch.cuda.is_available() else "cpu")  # tiny-cuda-nn runs only when a job is on CUDA
     if tcnn_available():
         tcnn_grid = HashGridConfig(**{**hash_grid.__dict__, "backend": "tcnn"})
         rows.append(("hash", "tcnn", FieldConfig(encoding=EncodingConfig(kind="hash", hash=tcnn_grid))))
