@@ -1,8 +1,8 @@
 """Every job kind, declared once: its pipeline module, its inputs and options, the config key each
 option sets, and which options the server's job form offers.
 
-The `gen3d` command of each kind (`gen3d.commands.kinds`, with `JOB_PARAMS`: --device, --precision) and the server's job forms and command
-lines (`gen3d.server.jobkinds`) are generated from these declarations, and `gen3d resume` finds a
+The `gen3d` command of each kind (`gen3d.commands.kinds`, with `JOB_PARAMS`: --device, --precision)
+and the server's job forms and command lines (`gen3d.server.jobkinds`) are generated from these declarations, and `gen3d resume` finds a
 run's pipeline through them, so a new kind is one entry here plus its pipeline module.
 """
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The CUDA path, proven in one go on a machine with an NVIDIA GPU (docs/gpu.md): installs what the
+# checks need into the existing environment, runs the CUDA-marked tests, then short GPU benchmarks,
+# writing JSON reports and their tables under $OUT (default gpu-check/). Budget: under 8 minutes.
+#   scripts/gpu_check.sh [--dry-run]    --dry-run prints the commands and exits 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-gpu-check}
+DRY=0
+[[ "${1:-}" == "--dry-run" ]] && DRY=1
+
+run() {  # print a step; run it unless this is a dry run
+  echo "+ $*"
+  if [[ $DRY == 0 ]]; then "$@"; fi
+}
+
+if [[ $DRY == 0 ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu_check: $PY sees no CUDA GPU (a CUDA build of torch and a driver are needed)" >&2
+  exit 2
+fi
+run mkdir -p "$OUT"
+# tinycudann is optional: built from source when nvcc is present, else the PyTorch hash grid runs
+if command -v nvcc >/dev/null; then
+  run "$PY" -m pip install --no-build-isolation \
+    "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch" || echo "tinycudann build failed: PyTorch grid"
+fi
+run env CUBLAS_WORKSPACE_CONFIG=:4096:8 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or tcnn" \
+  tests/test_device.py tests/test_fields.py tests/test_real_priors.py tests/test_volume.py
+run timeout 420 "$PY" -m gen3d bench gpu --json "$OUT/gpu.json"
+run "$PY" -m gen3d bench fields --quick --json "$OUT/fields.json"
+echo "gpu_check: reports in $OUT/"
