@@ -2,6 +2,7 @@
 recorded in the manifest; the CUDA-only checks skip without a GPU."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,16 @@ def test_cuda_run_records_peak_memory(tmp_path, capsys):
     assert code == 0, output
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["device"].startswith("cuda:") and manifest["peak_memory_mb"] >= 0
+
+
+@needs_cuda
+def test_reconstruct_trains_and_exports_on_cuda(tmp_path, capsys):
+    """The engine, renderer and export on the GPU, through the command (CI preset, bundled scene)."""
+    from gen3d.settings import configs_dir
+
+    scene = Path(__file__).resolve().parents[1] / "scenes" / "shapeworld-snowman"
+    code, output = gen3d(capsys, "reconstruct", scene, "--config", configs_dir() / "ci" / "reconstruct.yaml",
+                         "--device", "cuda", "--out", tmp_path / "run")
+    assert code == 0, output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["metrics"]["psnr"] > 10 and manifest["peak_memory_mb"] > 0
