@@ -130,16 +130,16 @@ def test_tcnn_backend_falls_back_with_a_notice(monkeypatch, capsys):
     from gen3d.fields.encodings import EncodingConfig, HashGridEncoding, make_position_encoding
 
     monkeypatch.setattr(encodings.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(encodings, "active_device", lambda: "cuda:0")
     monkeypatch.setitem(sys.modules, "tinycudann", None)  # importing it raises ImportError
     cfg = EncodingConfig(kind="hash", hash=HashGridConfig(backend="tcnn"))
-    encoding = make_position_encoding(cfg, torch.Generator().manual_seed(0))
+    encoding = make_position_encoding(cfg, torch.Generator().manual_seed(0), "cuda:0")
     assert isinstance(encoding, HashGridEncoding)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tinycudann is not installed" in err and "PyTorch hash grid" in err
-    monkeypatch.setattr(encodings, "active_device", lambda: "cpu")
-    auto = make_position_encoding(EncodingConfig(kind="hash"), torch.Generator().manual_seed(0))
+    auto = make_position_encoding(EncodingConfig(kind="hash"), torch.Generator().manual_seed(0), "cuda:0")
     assert isinstance(auto, HashGridEncoding) and capsys.readouterr().err == ""  # auto falls back silently
+    make_position_encoding(cfg, torch.Generator().manual_seed(0), "cpu")
+    assert "the field is on the CPU" in capsys.readouterr().err
     reference = make_position_encoding(EncodingConfig(kind="hash", hash=HashGridConfig(backend="torch")),
                                        torch.Generator().manual_seed(0))
     assert torch.equal(encoding.table, reference.table)
@@ -171,15 +171,10 @@ needs_tcnn = pytest.mark.skipif(not _tcnn_importable(), reason="needs a CUDA GPU
 def test_tcnn_encoding_matches_the_pytorch_grid_on_the_same_inputs():
     """Same config, same inputs: the same width, and both grids start within their +-1e-4 init
     (tiny-cuda-nn hashes and offsets cells its own way, so values agree to that tolerance, not bit for bit)."""
-    from gen3d.device import activate
     from gen3d.fields.encodings import EncodingConfig, HashGridEncoding, TcnnHashGridEncoding, make_position_encoding
 
     cfg = HashGridConfig(levels=8, features=2, log2_table=14, base_resolution=16, max_resolution=256)
-    activate("cuda")
-    try:
-        fast = make_position_encoding(EncodingConfig(kind="hash", hash=cfg))
-    finally:
-        activate("cpu")
+    fast = make_position_encoding(EncodingConfig(kind="hash", hash=cfg), device="cuda")
     slow = HashGridEncoding(cfg, torch.Generator().manual_seed(0)).cuda()
     assert isinstance(fast, TcnnHashGridEncoding) and fast.out_dim == slow.out_dim
     x = torch.rand(4096, 3, generator=torch.Generator().manual_seed(1)).cuda()
@@ -196,7 +191,6 @@ def test_tcnn_fit_matches_the_pytorch_grid_within_half_a_db():
 
     from gen3d.config import load_config
     from gen3d.data import load_scene
-    from gen3d.device import activate
     from gen3d.recon import ReconConfig, ReconTrainer
     from gen3d.settings import configs_dir
 
@@ -206,11 +200,8 @@ def test_tcnn_fit_matches_the_pytorch_grid_within_half_a_db():
         cfg = load_config(ReconConfig, configs_dir() / "recon" / "fast.yaml",
                           ["steps=600", "field.encoding.kind=hash", f"field.encoding.hash.backend={backend}"])
         cfg.render.aabb = [float(v) for v in scene.aabb.reshape(-1)]
-        activate("cuda")
-        try:
-            trainer = ReconTrainer(cfg, scene.train.images, scene.train.cameras, seed=0, alpha=scene.train.alpha)
-            trainer.train(cfg.steps)
-        finally:
-            activate("cpu")
+        trainer = ReconTrainer(cfg, scene.train.images, scene.train.cameras, seed=0, alpha=scene.train.alpha,
+                               device="cuda")
+        trainer.train(cfg.steps)
         psnrs[backend] = trainer.evaluate(scene.test.images, scene.test.cameras)["psnr"]
     assert abs(psnrs["tcnn"] - psnrs["torch"]) < 0.5, psnrs

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from gen3d.device import activate
 from gen3d.fields.encodings import EncodingConfig, FrequencyConfig, HashGridConfig, TriplaneConfig, tcnn_available
 from gen3d.fields.nerf import FieldConfig, NerfField
 
@@ -33,7 +32,6 @@ def candidates() -> list[tuple[str, str, FieldConfig]]:
         ("frequency", "torch", FieldConfig(layers=8, hidden=256, encoding=EncodingConfig(
             kind="frequency", frequency=FrequencyConfig(frequencies=10)))),
     ]
-    activate("cuda" if torch.cuda.is_available() else "cpu")  # tiny-cuda-nn runs only when a job is on CUDA
     if tcnn_available():
         tcnn_grid = HashGridConfig(**{**hash_grid.__dict__, "backend": "tcnn"})
         rows.append(("hash", "tcnn", FieldConfig(encoding=EncodingConfig(kind="hash", hash=tcnn_grid))))
@@ -55,7 +53,7 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
 def measure(name: str, backend: str, cfg: FieldConfig, n: int, repeats: int) -> dict:
     g = torch.Generator().manual_seed(SEED)
     device = "cuda" if backend == "tcnn" else "cpu"
-    field = NerfField(cfg, AABB, generator=g).to(device)
+    field = NerfField(cfg, AABB, generator=g, device=device).to(device)
     x = (torch.rand(n, 3, generator=g) * 2 - 1).to(device)
     d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1).to(device)
     encoded_input = field.normalize(x)

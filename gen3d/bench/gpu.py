@@ -28,7 +28,7 @@ GPU_ENGINE = ("field.encoding.kind=hash", "batch_rays=8192")  # the fastest GPU 
 def backend(device: str) -> str:
     if device == "cpu":
         return "triplane"
-    return "hash (tcnn)" if tcnn_available() else "hash (torch)"
+    return "hash (tcnn)" if tcnn_available(device) else "hash (torch)"
 
 
 def lego_rows(size: tuple[int, int] | None, checkpoints: tuple[float, ...], device: str) -> list[dict]:

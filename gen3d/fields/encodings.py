@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gen3d.device import active_device
 
 # Per-axis multipliers of the spatial hash (Teschner et al.; also used by instant-ngp).
 HASH_PRIMES = (1, 2654435761, 805459861)
@@ -155,13 +154,13 @@ class TcnnHashGridEncoding(nn.Module):
         return self.encoding(x.clamp(0.0, 1.0)).float()
 
 
-def tcnn_missing() -> str | None:
-    """Why tiny-cuda-nn cannot run here (None: it can). It only helps on a CUDA device, so it is
-    imported lazily, never on the CPU (it is optional and built from source, docs/gpu.md)."""
+def tcnn_missing(device: str | torch.device = "cuda") -> str | None:
+    """Why tiny-cuda-nn cannot run a field on `device` (None: it can). It only helps on a CUDA device,
+    so it is imported lazily, never on the CPU (it is optional and built from source, docs/gpu.md)."""
     if not torch.cuda.is_available():
         return "no CUDA GPU"
-    if torch.device(active_device()).type != "cuda":
-        return "the job runs on the CPU"
+    if torch.device(device).type != "cuda":
+        return "the field is on the CPU"
     try:
         import tinycudann  # noqa: F401
     except ImportError:
@@ -169,8 +168,8 @@ def tcnn_missing() -> str | None:
     return None
 
 
-def tcnn_available() -> bool:
-    return tcnn_missing() is None
+def tcnn_available(device: str | torch.device = "cuda") -> bool:
+    return tcnn_missing(device) is None
 
 
 class TriplaneEncoding(nn.Module):
@@ -242,14 +241,16 @@ class SphericalHarmonicsEncoding(nn.Module):
         return torch.stack(out, -1)
 
 
-def make_position_encoding(cfg: EncodingConfig, generator: torch.Generator | None = None) -> nn.Module:
-    """The encoding `cfg.kind` names. Hash grids use tiny-cuda-nn on CUDA when it imports (`auto`, `tcnn`);
+def make_position_encoding(cfg: EncodingConfig, generator: torch.Generator | None = None,
+                           device: str | torch.device = "cpu") -> nn.Module:
+    """The encoding `cfg.kind` names for a field on `device`. Hash grids use tiny-cuda-nn on CUDA when it
+    imports (`auto`, `tcnn`);
     a requested `tcnn` that cannot run falls back to the PyTorch grid (same keys) with a one-line notice."""
     if cfg.kind == "triplane":
         return TriplaneEncoding(cfg.triplane, generator)
     if cfg.kind == "frequency":
         return FrequencyEncoding(cfg.frequency)
-    backend, missing = cfg.hash.backend, tcnn_missing()
+    backend, missing = cfg.hash.backend, tcnn_missing(device)
     if backend == "torch" or missing is not None:
         if backend == "tcnn":
             print(f"notice: field.encoding.hash.backend is tcnn but {missing}; using the PyTorch hash grid",

@@ -93,11 +93,14 @@ class TruncExp(torch.autograd.Function):
 class NerfField(nn.Module):
     """sigma(x) >= 0 and rgb(x, d) in [0, 1] for world points x and unit directions d."""
 
-    def __init__(self, cfg: FieldConfig, aabb: Tensor, generator: torch.Generator | None = None):
+    def __init__(self, cfg: FieldConfig, aabb: Tensor, generator: torch.Generator | None = None,
+                 device: str | torch.device = "cpu"):
+        """`device`: where the field will run; on CUDA the hash grid may be tiny-cuda-nn's (then with its
+        fused MLPs). Everything else is built on the CPU and moved with `.to(device)`."""
         super().__init__()
         self.cfg = cfg
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3), persistent=False)
-        self.encoding = make_position_encoding(cfg.encoding, generator)
+        self.encoding = make_position_encoding(cfg.encoding, generator, device)
         fused = isinstance(self.encoding, TcnnHashGridEncoding)  # one backend: grid and MLPs on tiny-cuda-nn
         make_mlp = TcnnMLP if fused else functools.partial(mlp, generator=generator)
         self.density_mlp = make_mlp([self.encoding.out_dim] + [cfg.hidden] * cfg.layers + [1 + cfg.geo_features])

@@ -129,15 +129,15 @@ class ReconTrainer:
         weights = torch.ones(len(cameras)) if view_weights is None else torch.as_tensor(view_weights, dtype=torch.float32)
         self.view_weights = weights / weights.mean()
         self.generator = torch.Generator().manual_seed(seed)
-        aabb = torch.tensor(cfg.render.aabb)
-        self.field = (NerfField(cfg.field, aabb, generator=self.generator) if self.times is None
-                      else SpacetimeField(cfg.field, cfg.spacetime, aabb, generator=self.generator))
+        aabb, device = torch.tensor(cfg.render.aabb), torch.device(active_device() if device is None else device)
+        self.field = (NerfField(cfg.field, aabb, generator=self.generator, device=device) if self.times is None
+                      else SpacetimeField(cfg.field, cfg.spacetime, aabb, generator=self.generator, device=device))
         self.renderer = VolumeRenderer(cfg.render, contraction=cfg.field.contraction)
         self.model = nn.ModuleDict({"field": self.field, "renderer": self.renderer})
         self.step_count = 0
         if self.has_alpha and self.renderer.occupancy is not None and cfg.render.occupancy.carve:
             self._carve_occupancy()
-        self._move_to(torch.device(active_device() if device is None else device), seed)
+        self._move_to(device, seed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                           eps=cfg.optim.eps, fused=True)
 

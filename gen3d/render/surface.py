@@ -25,7 +25,7 @@ def surface_radiance(field: RadianceField, points: Tensor, normals: Tensor, reac
     `reach` is in world units (a few marching-cubes cells); `samples` points per short ray.
     """
     points, normals = points.float(), torch.nn.functional.normalize(normals.float(), dim=-1)
-    offsets = torch.linspace(reach, -reach, samples)  # outside -> inside, along the incoming ray
+    offsets = torch.linspace(reach, -reach, samples, device=points.device)  # outside -> inside, along the incoming ray
     delta = 2 * reach / max(samples - 1, 1)
     return torch.cat([_chunk_radiance(field, points[s:s + chunk], normals[s:s + chunk], offsets, delta)
                       for s in range(0, len(points), chunk)])
@@ -37,7 +37,7 @@ def _chunk_radiance(field: RadianceField, points: Tensor, normals: Tensor, offse
     d = (-normals)[:, None].expand(n, k, 3).reshape(-1, 3)
     sigma, features = field.geometry(x)
     alpha = 1 - torch.exp(-sigma.reshape(n, k) * delta)
-    transmittance = torch.cumprod(torch.cat([torch.ones(n, 1), 1 - alpha[:, :-1]], 1), 1)
+    transmittance = torch.cumprod(torch.cat([torch.ones(n, 1, device=alpha.device), 1 - alpha[:, :-1]], 1), 1)
     weights = alpha * transmittance
     rgb = field.color(features, d).reshape(n, k, 3)
     total = weights.sum(1, keepdim=True)

@@ -47,9 +47,10 @@ def field_color_source(field: RadianceField, reach: float) -> ColorSource:
     """The field's radiance at surface points, seen along their normals (see gen3d.render.surface)."""
 
     def source(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
-        rgb = surface_radiance(field, torch.tensor(points, dtype=torch.float32),
-                               torch.tensor(normals, dtype=torch.float32), reach)
-        return rgb.double().numpy()
+        device = field.aabb.device  # the field's, a GPU's or the CPU
+        rgb = surface_radiance(field, torch.tensor(points, dtype=torch.float32, device=device),
+                               torch.tensor(normals, dtype=torch.float32, device=device), reach)
+        return rgb.double().cpu().numpy()
 
     return source
 
