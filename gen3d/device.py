@@ -24,8 +24,7 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 class MemoryConfig:
     """How a real prior saves GPU memory; each option trades speed for memory."""
 
-    attention_slicing: bool = False  # attention one head at a time
-    efficient_attention: bool = True  # PyTorch's memory-efficient / flash attention kernels (CUDA)
+    attention_slicing: bool = False  # attention one head at a time (PyTorch's memory-efficient kernels are the default)
     offload: bool = False  # text and image encoders stay on the CPU (their outputs are cached)
 
 

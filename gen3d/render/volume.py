@@ -146,7 +146,8 @@ class OccupancyGrid(nn.Module):
         """Re-read the density of every cell inside the hull; `density_fn` takes normalised points."""
         r = self.cfg.resolution
         cells = self.hull.reshape(-1).nonzero()[:, 0]
-        points = self.cell_centers()[cells] + (torch.rand(len(cells), 3, generator=generator, device=cells.device) - 0.5) / r
+        jitter = torch.rand(len(cells), 3, generator=generator, device=cells.device) - 0.5
+        points = self.cell_centers()[cells] + jitter / r
         fresh = torch.zeros(r**3, device=cells.device)
         if len(cells):
             fresh[cells] = torch.cat([density_fn(points[i:i + chunk]) for i in range(0, len(points), chunk)])

@@ -343,7 +343,7 @@ def _run_stage(job: Job, stage: Stage, run: RunFolder, record: dict, shared: dic
     ctx = StageContext(run=run, job=job, stage=stage.name, stage_seed=stage_seed,
                        generator=torch.Generator().manual_seed(stage_seed),
                        np_rng=np.random.default_rng(stage_seed), shared=shared, interrupts=interrupts)
-    device = run.manifest.get("device", "cpu")
+    device = resolve_device(job)[0]
     activate(device)
     reset_peak_memory(device)
     started = time.perf_counter()

@@ -89,7 +89,8 @@ def render_images(field: NerfField, renderer: VolumeRenderer, cameras: Cameras, 
     parts = [renderer.render_rays(field, origins[s:s + chunk], dirs[s:s + chunk], background)
              for s in range(0, len(origins), chunk)]
     shape = (len(cameras), cameras.height, cameras.width)
-    return {key: torch.cat([p[key] for p in parts]).reshape(*shape, -1).squeeze(-1).cpu() for key in ("rgb", "opacity")}
+    return {key: torch.cat([p[key] for p in parts]).reshape(*shape, -1).squeeze(-1).cpu()
+            for key in ("rgb", "opacity")}
 
 
 def generated_scoring_views(ctx: StageContext, field: NerfField, renderer: VolumeRenderer) -> ScoringViews:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from gen3d.device import DeviceSettings
-from gen3d.models.prior import Prior, PriorOptions, load_prior
+from gen3d.models.prior import REAL_PRIORS, Prior, PriorOptions, load_prior
 
 
 PRIOR_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -18,10 +18,12 @@ PRIOR_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 def cached_prior(name: str, model_path: str | None, device: str = "cpu", precision: str = "fp32",
                  attention_slicing: bool = False, offload: bool = False) -> Prior:
     """Priors are frozen, so one loaded copy serves every job in the process (tests, benchmarks).
-    `precision` and the memory options apply to real checkpoints; the bundled priors run in fp32."""
+    `device`, `precision` and the memory options apply to real checkpoints; the bundled priors are
+    small and run on the CPU in fp32 (their views cross to the fields' device like any tensor)."""
     options = PriorOptions(dtype=PRIOR_DTYPES[precision], attention_slicing=attention_slicing,
                            offload_text_encoder=offload)
-    return load_prior(name, None if model_path is None else Path(model_path), device, options)
+    return load_prior(name, None if model_path is None else Path(model_path),
+                      device if name in REAL_PRIORS else "cpu", options)
 
 
 def settings_prior(cfg: DeviceSettings, name: str, model_path: str | None) -> Prior:
