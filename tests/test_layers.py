@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top; a package name covers its subpackages and modules.
 LAYERS = (
-    ("foundation", ("gen3d", "gen3d.errors", "gen3d.io", "gen3d.config", "gen3d.settings")),
+    ("foundation", ("gen3d", "gen3d.errors", "gen3d.io", "gen3d.config", "gen3d.settings", "gen3d.device")),
     ("diffusion core", ("gen3d.diffusion",)),
     ("geometry and data", ("gen3d.cameras", "gen3d.data")),
     ("fields and render", ("gen3d.fields", "gen3d.render", "gen3d.recon", "gen3d.export", "gen3d.shapeworld")),

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +432,35 @@ def test_cuda_float16(name, tiny):
     assert images.device.type == "cpu" and torch.isfinite(images).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_sds_step_at_256px(name, tmp_path):
+    """Seconds per SDS step and peak GPU memory of the random-weight test model at 256 px in fp16;
+    scripts/gpu_check.sh collects the rows from $GEN3D_GPU_REPORT (one JSON object a line)."""
+    folder = write_tiny_folder(name, tmp_path / name, tiny_tensors(name))
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    vae_factor = 2 ** (len(spec(name)["tiny"]["vae"]["block_out_channels"]) - 1)
+    unet_config["sample_size"] = 256 // vae_factor  # the weights do not depend on the image size
+    (folder / "unet" / "config.json").write_text(json.dumps(unet_config))
+    prior = load_prior(spec(name)["prior"], folder, "cuda", PriorOptions(dtype="float16"))
+    assert prior.image_size == 256
+    obs = observed() if prior.max_observed else None
+    sds_step(prior, prior.views_per_set, obs)  # warm-up: kernels chosen, caches filled
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    steps, started = 5, time.perf_counter()
+    for _ in range(steps):
+        loss, grad = sds_step(prior, prior.views_per_set, obs)
+    torch.cuda.synchronize()
+    row = {"bench": "sds-step", "model": name, "size": 256, "views": prior.views_per_set, "precision": "fp16",
+           "seconds_per_step": round((time.perf_counter() - started) / steps, 4),
+           "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    if os.environ.get("GEN3D_GPU_REPORT"):
+        with open(os.environ["GEN3D_GPU_REPORT"], "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
 # ---- gen3d convert ------------------------------------------------------------------------------
 
 CONVERSIONS = [("sd15", "sd", "v1-5-tiny.ckpt"), ("sd21", "sd", "v2-1-tiny.safetensors"),
@@ -543,7 +573,7 @@ def test_convert_errors_are_one_line(tmp_path, capsys):
 
 
 def test_out_of_memory_lists_the_options(priors, monkeypatch):
-    with pytest.raises(UserError, match="attention_slicing=true"), memory_guard("sd"):
+    with pytest.raises(UserError, match=r"needs about 1536 MiB.*attention_slicing=true"), memory_guard("sd", 1536):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     prior = priors["sd15"]
 
@@ -552,7 +582,7 @@ def test_out_of_memory_lists_the_options(priors, monkeypatch):
 
     monkeypatch.setattr(prior.unet, "forward", exhausted)
     cond, _ = prior.condition("a cube", cameras(1))
-    with pytest.raises(UserError, match=r"out of accelerator memory in the 'sd' prior.*dtype=float16"):
+    with pytest.raises(UserError, match=r"out of GPU memory in the 'sd' prior: it needs about \d+ MiB.*dtype=float16"):
         prior.denoiser.output(torch.zeros(1, 4, 8, 8), 10, cond)
 
 

@@ -8,6 +8,7 @@ as sample grids go to `out_dir`, the JSON's folder) registered below by name;
 BENCHMARKS = {
     "fields": "gen3d.bench.fields",
     "fewview": "gen3d.bench.fewview",
+    "gpu": "gen3d.bench.gpu",
     "reconstruct": "gen3d.bench.reconstruct",
     "priors": "gen3d.bench.priors",
     "samplers": "gen3d.bench.samplers",

@@ -53,7 +53,7 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
 def measure(name: str, backend: str, cfg: FieldConfig, n: int, repeats: int) -> dict:
     g = torch.Generator().manual_seed(SEED)
     device = "cuda" if backend == "tcnn" else "cpu"
-    field = NerfField(cfg, AABB, generator=g).to(device)
+    field = NerfField(cfg, AABB, generator=g, device=device).to(device)
     x = (torch.rand(n, 3, generator=g) * 2 - 1).to(device)
     d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1).to(device)
     encoded_input = field.normalize(x)

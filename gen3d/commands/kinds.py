@@ -1,6 +1,6 @@
 """One `gen3d` command per job kind, generated from its declaration (`gen3d.pipelines.kinds`):
-the kind's argument and options, then the options every job takes (--config, --set, --seed,
---out, --dry-run)."""
+the kind's argument and options, then the options every job takes (--device, --precision, --config,
+--set, --seed, --out, --dry-run)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _command(kind: JobKind):
         launch_pipeline(pipeline, inputs, config=values["config"], overrides=values["set_"], flags=flags,
                         seed=values["seed"], out=values["out"], dry=values["dry"])
 
-    parameters = [_parameter(p) for p in kind.params] + [
+    parameters = [_parameter(p) for p in kind.options] + [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
         for name, (annotation, default) in COMMON.items()]
     command.__signature__ = inspect.Signature(parameters)

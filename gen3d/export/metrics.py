@@ -135,4 +135,4 @@ def mesh_psnr(mesh: trimesh.Trimesh, cameras: Cameras, targets: torch.Tensor,
     onto `background`, against `targets` (N, H, W, 3): the fidelity of an exported file to the
     images the field is scored on (conventions: `mesh_psnr`). ss x ss samples per pixel."""
     render = render_mesh(mesh, cameras, ss=ss).composited(tuple(float(c) for c in background))
-    return float(psnr(render, targets.float()).mean())
+    return float(psnr(render, targets.detach().float().cpu()).mean())

@@ -9,6 +9,7 @@ the tri-plane is the CPU default and the hash grid is the GPU one (tiny-cuda-nn 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gen3d.errors import UserError
 
 # Per-axis multipliers of the spatial hash (Teschner et al.; also used by instant-ngp).
 HASH_PRIMES = (1, 2654435761, 805459861)
@@ -154,15 +154,22 @@ class TcnnHashGridEncoding(nn.Module):
         return self.encoding(x.clamp(0.0, 1.0)).float()
 
 
-def tcnn_available() -> bool:
-    """tiny-cuda-nn only helps with a CUDA device; import it lazily (it is optional)."""
+def tcnn_missing(device: str | torch.device = "cuda") -> str | None:
+    """Why tiny-cuda-nn cannot run a field on `device` (None: it can). It only helps on a CUDA device,
+    so it is imported lazily, never on the CPU (it is optional and built from source, docs/gpu.md)."""
     if not torch.cuda.is_available():
-        return False
+        return "no CUDA GPU"
+    if torch.device(device).type != "cuda":
+        return "the field is on the CPU"
     try:
         import tinycudann  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return "tinycudann is not installed"
+    return None
+
+
+def tcnn_available(device: str | torch.device = "cuda") -> bool:
+    return tcnn_missing(device) is None
 
 
 class TriplaneEncoding(nn.Module):
@@ -234,15 +241,19 @@ class SphericalHarmonicsEncoding(nn.Module):
         return torch.stack(out, -1)
 
 
-def make_position_encoding(cfg: EncodingConfig, generator: torch.Generator | None = None) -> nn.Module:
-    """The encoding `cfg.kind` names; hash grids use tiny-cuda-nn when asked or when `auto` finds it."""
+def make_position_encoding(cfg: EncodingConfig, generator: torch.Generator | None = None,
+                           device: str | torch.device = "cpu") -> nn.Module:
+    """The encoding `cfg.kind` names for a field on `device`. Hash grids use tiny-cuda-nn on CUDA when it
+    imports (`auto`, `tcnn`);
+    a requested `tcnn` that cannot run falls back to the PyTorch grid (same keys) with a one-line notice."""
     if cfg.kind == "triplane":
         return TriplaneEncoding(cfg.triplane, generator)
     if cfg.kind == "frequency":
         return FrequencyEncoding(cfg.frequency)
-    backend = cfg.hash.backend
-    if backend == "tcnn" and not tcnn_available():
-        raise UserError("config key 'field.encoding.hash.backend' is tcnn, but tinycudann or CUDA is not available")
-    if backend == "tcnn" or (backend == "auto" and tcnn_available()):
-        return TcnnHashGridEncoding(cfg.hash)
-    return HashGridEncoding(cfg.hash, generator)
+    backend, missing = cfg.hash.backend, tcnn_missing(device)
+    if backend == "torch" or missing is not None:
+        if backend == "tcnn":
+            print(f"notice: field.encoding.hash.backend is tcnn but {missing}; using the PyTorch hash grid",
+                  file=sys.stderr)
+        return HashGridEncoding(cfg.hash, generator)
+    return TcnnHashGridEncoding(cfg.hash)

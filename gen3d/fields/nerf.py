@@ -6,12 +6,18 @@ contracted unbounded space), so renderers and trainers only deal in world coordi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from gen3d.fields.encodings import EncodingConfig, SphericalHarmonicsEncoding, make_position_encoding
+from gen3d.fields.encodings import (
+    EncodingConfig,
+    SphericalHarmonicsEncoding,
+    TcnnHashGridEncoding,
+    make_position_encoding,
+)
 
 
 @dataclass
@@ -52,6 +58,24 @@ def mlp(dims: list[int], generator: torch.Generator | None) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class TcnnMLP(nn.Module):
+    """tiny-cuda-nn's fused MLP with `mlp`'s layer widths (ReLU between, linear output), paired with
+    its hash grid on CUDA; its half-precision output comes back as float32."""
+
+    def __init__(self, dims: list[int]):
+        super().__init__()
+        import tinycudann as tcnn
+
+        hidden = dims[1:-1]
+        fused = len(set(hidden)) == 1 and hidden[0] in (16, 32, 64, 128)  # what the fully fused kernel supports
+        self.network = tcnn.Network(dims[0], dims[-1], {
+            "otype": "FullyFusedMLP" if fused else "CutlassMLP", "activation": "ReLU", "output_activation": "None",
+            "n_neurons": hidden[0], "n_hidden_layers": len(hidden)})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(x).float()
+
+
 class TruncExp(torch.autograd.Function):
     """exp with the gradient clamped at exp(15): stable densities early in training (instant-ngp)."""
 
@@ -69,15 +93,20 @@ class TruncExp(torch.autograd.Function):
 class NerfField(nn.Module):
     """sigma(x) >= 0 and rgb(x, d) in [0, 1] for world points x and unit directions d."""
 
-    def __init__(self, cfg: FieldConfig, aabb: Tensor, generator: torch.Generator | None = None):
+    def __init__(self, cfg: FieldConfig, aabb: Tensor, generator: torch.Generator | None = None,
+                 device: str | torch.device = "cpu"):
+        """`device`: where the field will run; on CUDA the hash grid may be tiny-cuda-nn's (then with its
+        fused MLPs). Everything else is built on the CPU and moved with `.to(device)`."""
         super().__init__()
         self.cfg = cfg
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3), persistent=False)
-        self.encoding = make_position_encoding(cfg.encoding, generator)
-        self.density_mlp = mlp([self.encoding.out_dim] + [cfg.hidden] * cfg.layers + [1 + cfg.geo_features], generator)
+        self.encoding = make_position_encoding(cfg.encoding, generator, device)
+        fused = isinstance(self.encoding, TcnnHashGridEncoding)  # one backend: grid and MLPs on tiny-cuda-nn
+        make_mlp = TcnnMLP if fused else functools.partial(mlp, generator=generator)
+        self.density_mlp = make_mlp([self.encoding.out_dim] + [cfg.hidden] * cfg.layers + [1 + cfg.geo_features])
         self.dir_encoding = SphericalHarmonicsEncoding(cfg.sh_degree) if cfg.view_dependent else None
         color_in = cfg.geo_features + (self.dir_encoding.out_dim if self.dir_encoding else 0)
-        self.color_mlp = mlp([color_in, cfg.color_hidden, 3], generator)
+        self.color_mlp = make_mlp([color_in, cfg.color_hidden, 3])
 
     def normalize(self, x: Tensor) -> Tensor:
         """World points to the encoding's [0, 1]^3 (the aabb fills it, or its inner half when contracting)."""

@@ -71,11 +71,11 @@ class SpacetimeField(NerfField):
     """
 
     def __init__(self, cfg: FieldConfig, spacetime: SpacetimeConfig, aabb: Tensor,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, device: str | torch.device = "cpu"):
         for key in ("time_resolution", "space_resolution"):
             if getattr(spacetime, key) < 2:
                 raise UserError(f"config key 'spacetime.{key}' must be at least 2, got {getattr(spacetime, key)}")
-        super().__init__(cfg, aabb, generator)
+        super().__init__(cfg, aabb, generator, device)
         self.spacetime = spacetime
         self.encoding = SpacetimeEncoding(self.encoding, spacetime)
 

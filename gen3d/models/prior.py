@@ -100,6 +100,10 @@ PRIORS: dict[str, str] = {
 }
 
 
+#: the priors loaded from real checkpoints (half precision by default on CUDA)
+REAL_PRIORS = ("sd", "zero123", "mvdream")
+
+
 def load_prior(name: str, model_path: Path | None = None, device: str = "cpu",
                options: PriorOptions | None = None) -> Prior:
     if name not in PRIORS:

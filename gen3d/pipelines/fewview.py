@@ -47,7 +47,7 @@ from gen3d.pipelines import reconstruct
 from gen3d.pipelines.stages.costs import distill_step_seconds, estimate_views_seconds
 from gen3d.pipelines.stages.distill import render_for_prior
 from gen3d.pipelines.stages.fit import train_checkpointed
-from gen3d.pipelines.stages.resources import cached_prior
+from gen3d.pipelines.stages.resources import settings_prior
 from gen3d.recon import ReconTrainer
 from gen3d.recon.trainer import premultiplied_with_alpha
 from gen3d.runs import Job, RunFolder, Stage, StageContext
@@ -224,7 +224,7 @@ def views(ctx: StageContext) -> None:
     (their scene cameras)."""
     cfg: Config = ctx.config
     data = reconstruct.scene_data(ctx)
-    prior = cached_prior(cfg.prior.name, cfg.prior.model_path)
+    prior = settings_prior(cfg, cfg.prior.name, cfg.prior.model_path)
     train = data.train
     targets = novel_cameras(train.cameras, cfg.prior.novel_views, cfg.prior.elevations)
     rgba = generate(prior, observed_views(ctx, prior), targets, scene_radius(train.cameras), steps=cfg.prior.steps,
@@ -274,7 +274,7 @@ def train(ctx: StageContext) -> None:
                            view_weights=weights, alpha=alpha)
     step = None
     if regularises(cfg):
-        prior = cached_prior(cfg.prior.name, cfg.prior.model_path)
+        prior = settings_prior(cfg, cfg.prior.name, cfg.prior.model_path)
         regularizer = ScoreRegularizer(trainer, prior, observed_views(ctx, prior), cfg.prior.sds, cfg.recon.steps)
         step = regularised_step(trainer, regularizer, cfg.prior.sds.every)
         ctx.log(f"reconfusion: an SDS step through {cfg.prior.name} after every {cfg.prior.sds.every} steps")

@@ -25,6 +25,7 @@ import torch
 from gen3d.cameras import Cameras, flat_rays, orbit, pass_cameras
 from gen3d.data.foreground import ForegroundConfig, prepare_image
 from gen3d.data.images import save_png
+from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
 from gen3d.io import slugify
 from gen3d.models.prior import Observed
@@ -58,7 +59,7 @@ class ReferenceLossConfig:
 
 
 @dataclass
-class Config:
+class Config(DeviceSettings):
     method: Method = "nv-recon"
     prior: str = "shapeworld-mv"
     model_path: str | None = None

@@ -1,8 +1,8 @@
 """Every job kind, declared once: its pipeline module, its inputs and options, the config key each
 option sets, and which options the server's job form offers.
 
-The `gen3d` command of each kind (`gen3d.commands.kinds`) and the server's job forms and command
-lines (`gen3d.server.jobkinds`) are generated from these declarations, and `gen3d resume` finds a
+The `gen3d` command of each kind (`gen3d.commands.kinds`, with `JOB_PARAMS`: --device, --precision)
+and the server's job forms and command lines (`gen3d.server.jobkinds`) are generated from these declarations, and `gen3d resume` finds a
 run's pipeline through them, so a new kind is one entry here plus its pipeline module.
 """
 
@@ -68,6 +68,11 @@ class JobKind:
     def argument(self) -> Param | None:
         return next((p for p in self.params if p.argument), None)
 
+    @property
+    def options(self) -> tuple[Param, ...]:
+        """The kind's own inputs and options, then those every job takes (`JOB_PARAMS`)."""
+        return self.params + JOB_PARAMS
+
 
 def _reconstruct_route(values: dict) -> str:
     """Plain engine, or few-view with a prior (`--prior`)."""
@@ -77,6 +82,12 @@ def _reconstruct_route(values: dict) -> str:
     return "reconstruct" if values["prior"] is None else "reconstruct-prior"
 
 
+#: options every job command takes, checked and resolved once by the runner (gen3d.device)
+JOB_PARAMS = (
+    Param("device", str, "auto (CUDA when available), cpu, cuda or cuda:N.", key="device"),
+    Param("precision", str, "fp32, fp16 or bf16 (default: fp16 for real priors on CUDA, else fp32).",
+          key="precision"),
+)
 _IMAGE = Param("image", Path, "PNG or JPEG of one object (transparent or plain background).", argument=True,
                form="image")
 _MASK = Param("mask", Path, "Foreground mask image (white or opaque = object).")
@@ -150,7 +161,7 @@ def split_values(kind: JobKind, values: dict) -> tuple[dict, dict]:
     """A command's option values as the job's inputs (paths made absolute, so a resumed run finds
     them from any directory) and its config overrides by key (unset options and false flags left out)."""
     inputs, flags = {}, {}
-    for param in kind.params:
+    for param in kind.options:
         value = values.get(param.name)
         if param.key is None:
             inputs[param.name] = str(value.resolve()) if isinstance(value, Path) else value

@@ -21,6 +21,7 @@ from gen3d.cameras import Cameras
 from gen3d.config import from_dict
 from gen3d.data import Scene, Split, load_scene
 from gen3d.data.images import save_png
+from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
 from gen3d.export import write_mesh
 from gen3d.io import atomic_output
@@ -67,7 +68,7 @@ class EvalConfig:
 
 
 @dataclass
-class Config:
+class Config(DeviceSettings):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     recon: ReconConfig = dataclasses.field(default_factory=ReconConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

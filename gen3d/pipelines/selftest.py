@@ -18,6 +18,7 @@ import trimesh
 from PIL import Image
 
 from gen3d.cameras import orbit
+from gen3d.device import DeviceSettings
 from gen3d.io import atomic_output
 from gen3d.runs import Job, Stage, StageContext
 
@@ -27,7 +28,7 @@ VIEW_AZIMUTHS = (30.0, 120.0, 210.0, 300.0)
 
 
 @dataclass
-class Config:
+class Config(DeviceSettings):
     steps: int = 20
     step_seconds: float = 0.05
     fail: bool = False  # raise at the last step, to see a failed job in the viewer

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gen3d.cameras import pass_cameras
+from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
 from gen3d.io import slugify
 from gen3d.pipelines.stages.distill import DistillConfig, Distiller, run_distiller
@@ -37,7 +38,7 @@ METHODS = ("mv-recon", "sds", "vsd")
 
 
 @dataclass
-class Config:
+class Config(DeviceSettings):
     method: Method = "mv-recon"
     prior: str = "shapeworld-mv"
     model_path: str | None = None  # a prior folder instead of the bundled weights

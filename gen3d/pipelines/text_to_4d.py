@@ -31,6 +31,7 @@ import trimesh
 
 from gen3d.cameras import Cameras, orbit, turntable
 from gen3d.data.images import save_png
+from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
 from gen3d.export import write_gif, write_mesh, write_video
 from gen3d.export.video import fit_radius
@@ -92,7 +93,7 @@ def _distill() -> DistillConfig:
 
 
 @dataclass
-class Config:
+class Config(DeviceSettings):
     method: Method = "mv-recon"
     prior: str = "shapeworld-4d"
     model_path: str | None = None  # a 4D prior folder instead of the bundled weights

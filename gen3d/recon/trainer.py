@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from gen3d.cameras import Cameras, generate_rays
 from gen3d.config import ranged
+from gen3d.device import active_device
 from gen3d.errors import UserError
 from gen3d.fields.nerf import FieldConfig, NerfField
 from gen3d.fields.spacetime import SpacetimeConfig, SpacetimeField
@@ -103,11 +104,13 @@ class ReconTrainer:
     the occupancy grid to the visual hull, composite onto random backgrounds (`render.background:
     random`) and use the mask loss. `view_weights` (N,) scale each view's share of the loss.
     `times` (N,) in [0, 1], required exactly when `spacetime.enabled`: the time each view shows;
-    the field is then a `SpacetimeField`.
+    the field is then a `SpacetimeField`. `device` (default: `gen3d.device.active_device()`) is where
+    it trains; renders and densities come back on the caller's device.
     """
 
     def __init__(self, cfg: ReconConfig, images: Tensor, cameras: Cameras, seed: int = 0,
-                 view_weights: Tensor | None = None, alpha: Tensor | None = None, times: Tensor | None = None):
+                 view_weights: Tensor | None = None, alpha: Tensor | None = None, times: Tensor | None = None,
+                 device: str | torch.device | None = None):
         if images.ndim != 4 or images.shape[-1] not in (3, 4):
             raise UserError(f"training images must be (N, H, W, 3 or 4), got {tuple(images.shape)}")
         if len(cameras) != images.shape[0] or (cameras.height, cameras.width) != tuple(images.shape[1:3]):
@@ -126,16 +129,29 @@ class ReconTrainer:
         weights = torch.ones(len(cameras)) if view_weights is None else torch.as_tensor(view_weights, dtype=torch.float32)
         self.view_weights = weights / weights.mean()
         self.generator = torch.Generator().manual_seed(seed)
-        aabb = torch.tensor(cfg.render.aabb)
-        self.field = (NerfField(cfg.field, aabb, generator=self.generator) if self.times is None
-                      else SpacetimeField(cfg.field, cfg.spacetime, aabb, generator=self.generator))
+        aabb, device = torch.tensor(cfg.render.aabb), torch.device(active_device() if device is None else device)
+        self.field = (NerfField(cfg.field, aabb, generator=self.generator, device=device) if self.times is None
+                      else SpacetimeField(cfg.field, cfg.spacetime, aabb, generator=self.generator, device=device))
         self.renderer = VolumeRenderer(cfg.render, contraction=cfg.field.contraction)
         self.model = nn.ModuleDict({"field": self.field, "renderer": self.renderer})
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                          eps=cfg.optim.eps, fused=True)
         self.step_count = 0
         if self.has_alpha and self.renderer.occupancy is not None and cfg.render.occupancy.carve:
             self._carve_occupancy()
+        self._move_to(device, seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                          eps=cfg.optim.eps, fused=True)
+
+    def _move_to(self, device: torch.device, seed: int) -> None:
+        """Everything a step touches onto `device`, once the field is initialised and carved on the CPU
+        (the same initial field on every device); off the CPU random draws come from a generator there."""
+        if device.type == "cpu":
+            return
+        self.model.to(device)
+        self.premultiplied, self.view_weights = self.premultiplied.to(device), self.view_weights.to(device)
+        self.alpha = None if self.alpha is None else self.alpha.to(device)
+        self.times = None if self.times is None else self.times.to(device)
+        self.cameras = self.cameras.to(device)
+        self.generator = torch.Generator(device).manual_seed(seed)
 
     def _carve_occupancy(self) -> None:
         """Empty the cells outside the visual hull. With times, the union over times of each time's
@@ -159,9 +175,10 @@ class ReconTrainer:
     def _sample_batch(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
         n, h, w = self.premultiplied.shape[:3]
         b = self.cfg.batch_rays
-        view = torch.randint(n, (b,), generator=self.generator)
-        i = torch.randint(h, (b,), generator=self.generator)
-        j = torch.randint(w, (b,), generator=self.generator)
+        dev = self.generator.device
+        view = torch.randint(n, (b,), generator=self.generator, device=dev)
+        i = torch.randint(h, (b,), generator=self.generator, device=dev)
+        j = torch.randint(w, (b,), generator=self.generator, device=dev)
         origins, dirs = pixel_rays(self.cameras, view, i.float(), j.float())
         coverage = None if self.alpha is None else self.alpha[view, i, j]
         return origins, dirs, self.premultiplied[view, i, j], coverage, view
@@ -216,12 +233,13 @@ class ReconTrainer:
         """Any rays (R, 3), in chunks, onto the evaluation background: rgb, depth, opacity (and normals).
         A space-time trainer needs each ray's time, `times` (R,)."""
         self._check_times(times)
-        background = self.eval_background()
+        background, dev, caller = self.eval_background(), self.premultiplied.device, origins.device
+        origins, dirs, times = (None if t is None else t.to(dev) for t in (origins, dirs, times))
         step = self.cfg.render_chunk
         chunks = [self.renderer.render_rays(self.field, origins[s:s + step], dirs[s:s + step], background,
                                             normals=normals, times=None if times is None else times[s:s + step])
                   for s in range(0, len(origins), step)]
-        return {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
+        return {key: torch.cat([c[key] for c in chunks]).to(caller) for key in chunks[0]}
 
     def render(self, cameras: Cameras, normals: bool = False, times: Tensor | float | None = None) -> dict[str, Tensor]:
         """Whole images: rgb (N, H, W, 3), depth and opacity (N, H, W), normals (N, H, W, 3) if asked.
@@ -237,7 +255,7 @@ class ReconTrainer:
     def evaluate(self, images: Tensor, cameras: Cameras, times: Tensor | float | None = None) -> dict:
         """Mean PSNR and SSIM over held-out views (composited onto the evaluation background) and the renders."""
         renders = self.render(cameras, times=times)["rgb"]
-        target = composite_onto(images.float(), self.eval_background())
+        target = composite_onto(images.float(), self.eval_background().to(images.device))
         return {"psnr": psnr(renders, target).mean().item(), "ssim": ssim(renders, target).mean().item(),
                 "renders": renders}
 
@@ -249,8 +267,9 @@ class ReconTrainer:
     @torch.no_grad()
     def density(self, points: Tensor, chunk: int = 65536, time: float | None = None) -> Tensor:
         """Field density at world points (N, 3), e.g. for marching cubes; a space-time trainer's at `time`."""
-        field = self.field_at(time)
-        return torch.cat([field.density(points[s:s + chunk]) for s in range(0, len(points), chunk)])
+        field, dev = self.field_at(time), self.premultiplied.device
+        return torch.cat([field.density(points[s:s + chunk].to(dev)) for s in range(0, len(points), chunk)]
+                         ).to(points.device)
 
     def state_dict(self) -> dict:
         return {"step": self.step_count, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -31,13 +31,13 @@ def surface_radiance(field: RadianceField, points: Tensor, normals: Tensor, reac
     """
     points, normals = points.float(), torch.nn.functional.normalize(normals.float(), dim=-1)
     if view_dirs is None:
-        view_dirs, view_weights = normals[:, None], torch.ones(len(points), 1)
-    offsets = torch.linspace(reach, -reach, samples)  # outside -> inside, along the incoming ray
+        view_dirs, view_weights = normals[:, None], torch.ones(len(points), 1, device=points.device)
+    offsets = torch.linspace(reach, -reach, samples, device=points.device)  # outside -> inside, along the ray
     delta = 2 * reach / max(samples - 1, 1)
     parts = [_chunk_radiance(field, points[s:s + chunk], normals[s:s + chunk], view_dirs[s:s + chunk].float(),
                              view_weights[s:s + chunk].float(), offsets, delta)
              for s in range(0, len(points), chunk)]
-    return torch.cat(parts) if parts else torch.zeros(0, 3)
+    return torch.cat(parts) if parts else torch.zeros(0, 3, device=points.device)
 
 
 def _chunk_radiance(field: RadianceField, points: Tensor, normals: Tensor, view_dirs: Tensor, view_weights: Tensor,
@@ -46,14 +46,14 @@ def _chunk_radiance(field: RadianceField, points: Tensor, normals: Tensor, view_
     x = (points[:, None] + offsets[None, :, None] * normals[:, None]).reshape(-1, 3)
     sigma, features = field.geometry(x)
     alpha = 1 - torch.exp(-sigma.reshape(n, k) * delta)
-    transmittance = torch.cumprod(torch.cat([torch.ones(n, 1), 1 - alpha[:, :-1]], 1), 1)
+    transmittance = torch.cumprod(torch.cat([torch.ones(n, 1, device=alpha.device), 1 - alpha[:, :-1]], 1), 1)
     weights = alpha * transmittance
     total = weights.sum(1, keepdim=True)
     unseen = view_weights.sum(1) <= 0  # no camera direction: read along the normal
     view_dirs = torch.where(unseen[:, None, None], normals[:, None].expand_as(view_dirs), view_dirs)
     view_weights = torch.where(unseen[:, None], torch.full_like(view_weights, 1 / view_weights.shape[1]), view_weights)
-    colour = torch.zeros(n, 3)
-    at_point = torch.zeros(n, 3)
+    colour = torch.zeros(n, 3, device=points.device)
+    at_point = torch.zeros(n, 3, device=points.device)
     for v in range(view_dirs.shape[1]):
         d = (-view_dirs[:, v])[:, None].expand(n, k, 3).reshape(-1, 3)
         rgb = field.color(features, d).reshape(n, k, 3)

@@ -123,7 +123,7 @@ class OccupancyGrid(nn.Module):
     def cell_centers(self) -> Tensor:
         """Normalised centres of all cells (R^3, 3), in the flat order of `mask`."""
         r = self.cfg.resolution
-        axis = (torch.arange(r, dtype=torch.float32) + 0.5) / r
+        axis = (torch.arange(r, dtype=torch.float32, device=self.mask.device) + 0.5) / r
         return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
 
     def restrict(self, keep: Tensor) -> None:
@@ -146,8 +146,9 @@ class OccupancyGrid(nn.Module):
         """Re-read the density of every cell inside the hull; `density_fn` takes normalised points."""
         r = self.cfg.resolution
         cells = self.hull.reshape(-1).nonzero()[:, 0]
-        points = self.cell_centers()[cells] + (torch.rand(len(cells), 3, generator=generator) - 0.5) / r
-        fresh = torch.zeros(r**3)
+        jitter = torch.rand(len(cells), 3, generator=generator, device=cells.device) - 0.5
+        points = self.cell_centers()[cells] + jitter / r
+        fresh = torch.zeros(r**3, device=cells.device)
         if len(cells):
             fresh[cells] = torch.cat([density_fn(points[i:i + chunk]) for i in range(0, len(points), chunk)])
         self.density.copy_(torch.maximum(self.density * self.cfg.decay, fresh.reshape(r, r, r)))
@@ -158,7 +159,7 @@ class OccupancyGrid(nn.Module):
         """Normalised box (2, 3) around the occupied cells (empty grid: a degenerate box)."""
         idx = self.mask.nonzero()
         if len(idx) == 0:
-            return torch.zeros(2, 3)
+            return torch.zeros(2, 3, device=idx.device)
         r = self.cfg.resolution
         return torch.stack([idx.amin(0).float() / r, (idx.amax(0).float() + 1) / r])
 
@@ -179,7 +180,7 @@ class Background(nn.Module):
         if self.mode == "learned":
             return torch.sigmoid(self.logit).expand(n_rays, 3)
         if self.mode == "random" and generator is not None:
-            return torch.rand(n_rays, 3, generator=generator)
+            return torch.rand(n_rays, 3, generator=generator, device=self.color.device)
         return self.color.expand(n_rays, 3)
 
 
@@ -211,7 +212,7 @@ def composite_packed(sigma: Tensor, delta: Tensor, ray: Tensor, n_rays: int, log
 
 def segment_sum(values: Tensor, ray: Tensor, n_rays: int) -> Tensor:
     """Sum of packed per-sample values per ray."""
-    return torch.zeros(n_rays, *values.shape[1:], dtype=values.dtype).index_add_(0, ray, values)
+    return torch.zeros(n_rays, *values.shape[1:], dtype=values.dtype, device=values.device).index_add_(0, ray, values)
 
 
 class VolumeRenderer(nn.Module):
@@ -242,7 +243,7 @@ class VolumeRenderer(nn.Module):
             return
 
         def density(u: Tensor) -> Tensor:
-            frame = field.at_time(torch.rand(len(u), generator=generator)) if over_time else field
+            frame = field.at_time(torch.rand(len(u), generator=generator, device=u.device)) if over_time else field
             return frame.density(field.denormalize(u))
 
         self.occupancy.update(density, self.cfg.step_size, generator)
@@ -266,21 +267,22 @@ class VolumeRenderer(nn.Module):
         times (R,): each ray's time in [0, 1] when `field` is a space-time field.
         """
         cfg = self.cfg
-        n = origins.shape[0]
+        n, dev = origins.shape[0], origins.device
         box = self._march_box(field)
         if box is None:
-            t_near = torch.full((n,), cfg.near)
-            t_far = torch.full((n,), cfg.far)
+            t_near = torch.full((n,), cfg.near, device=dev)
+            t_far = torch.full((n,), cfg.far, device=dev)
         else:
             t_near, t_far = ray_aabb(origins, dirs, box)
             t_near, t_far = t_near.clamp_min(cfg.near), t_far.clamp_max(cfg.far)
         training = generator is not None
-        jitter = torch.rand(n, generator=generator) if training else torch.full((n,), 0.5)
+        jitter = torch.rand(n, generator=generator, device=dev) if training else torch.full((n,), 0.5, device=dev)
 
-        out = {"rgb": torch.zeros(n, 3), "opacity": torch.zeros(n), "depth": torch.zeros(n)}
+        out = {"rgb": torch.zeros(n, 3, device=dev), "opacity": torch.zeros(n, device=dev),
+               "depth": torch.zeros(n, device=dev)}
         if normals:
-            out["normals"] = torch.zeros(n, 3)
-        log_t = torch.zeros(n)
+            out["normals"] = torch.zeros(n, 3, device=dev)
+        log_t = torch.zeros(n, device=dev)
         hit = t_far > t_near
         needed = steps_between(t_near[hit], t_far[hit], cfg.step_size, cfg.cone_angle).max().item() + 1 if hit.any() else 0
         total_steps = min(cfg.max_steps, math.ceil(needed))
@@ -301,7 +303,7 @@ class VolumeRenderer(nn.Module):
                      times):
         """March steps [k0, k0 + k_count) of `rays`, accumulating into `out` and `log_t` in place."""
         cfg = self.cfg
-        k = torch.arange(k0, k0 + k_count, dtype=torch.float32)[None] + jitter[rays, None]
+        k = torch.arange(k0, k0 + k_count, dtype=torch.float32, device=jitter.device)[None] + jitter[rays, None]
         t = step_distances(t_near[rays, None], k, cfg.step_size, cfg.cone_angle)
         keep = t < t_far[rays, None]
         if self.occupancy is not None:

@@ -71,8 +71,9 @@ def jsonable(value: Any) -> Any:
 
 
 def new_manifest(run_id: str, kind: str, inputs: dict, seed: int, config: dict,
-                 stages: dict[str, float]) -> dict:
-    """A fresh manifest (status `queued`); `stages` maps stage name -> estimated seconds."""
+                 stages: dict[str, float], device: str = "cpu", precision: str = "fp32") -> dict:
+    """A fresh manifest (status `queued`); `stages` maps stage name -> estimated seconds; `device`
+    and `precision` as resolved (gen3d.device), beside the name of the machine's GPU."""
     env = environment()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -88,7 +89,9 @@ def new_manifest(run_id: str, kind: str, inputs: dict, seed: int, config: dict,
         "git_rev": env["git_rev"],
         "torch_version": torch.__version__,
         "num_threads": torch.get_num_threads(),
-        "device": env["device"],
+        "device": device,
+        "device_name": env["device"] if device.startswith("cuda") else "cpu",
+        "precision": precision,
         "stages": [{"name": name, "status": "pending", "started": None, "seconds": 0.0,
                     "estimated_seconds": round(float(est), 3)} for name, est in stages.items()],
         "artifacts": [],

@@ -26,7 +26,9 @@ import torch
 import yaml
 
 from gen3d.config import to_dict
+from gen3d.device import activate, peak_memory_mb, reset_peak_memory, resolve_settings
 from gen3d.errors import UserError
+from gen3d.models.prior import REAL_PRIORS
 from gen3d.runs.checkpoint import Checkpoint, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from gen3d.runs.folder import LOG, RunFolder, jsonable, new_manifest, new_run_dir, now_iso
 
@@ -217,6 +219,13 @@ class StageContext:
             self._loop_clock = None
 
 
+def resolve_device(job: Job) -> tuple[str, str]:
+    """Check and resolve the job's `device` and `precision` (fp16 by default only for a real prior on
+    CUDA) before anything is written."""
+    prior = getattr(job.config, "prior", None)
+    return resolve_settings(job.config, getattr(prior, "name", prior) in REAL_PRIORS)
+
+
 def format_plan(job: Job, estimates: dict[str, float]) -> str:
     width = max(len("total"), *(len(name) for name in estimates))
     lines = [f"plan: {job.kind}, seed {job.seed}, {torch.get_num_threads()} threads"]
@@ -227,6 +236,7 @@ def format_plan(job: Job, estimates: dict[str, float]) -> str:
 
 def dry_run(job: Job, echo: Echo = print) -> None:
     """Print the resolved config as YAML and every stage's estimate; writes nothing."""
+    resolve_device(job)
     echo(yaml.safe_dump(jsonable(to_dict(job.config)), sort_keys=False).rstrip())
     echo(format_plan(job, job.estimates()))
 
@@ -238,12 +248,14 @@ def run_job(job: Job, out: Path | None = None, *, root: Path | None = None, echo
     Returns the run folder with status `done` or `interrupted`; re-raises failures after marking
     the run `failed`. A run that fails on bad input before any stage finished leaves no folder.
     """
+    device, precision = resolve_device(job)
     estimates = job.estimates()
     echo(format_plan(job, estimates))
     created = out is None or not Path(out).exists()
     path = new_run_dir(job.kind, job.slug, root) if out is None else Path(out)
     try:
-        manifest = new_manifest(path.name, job.kind, job.inputs, job.seed, to_dict(job.config), estimates)
+        manifest = new_manifest(path.name, job.kind, job.inputs, job.seed, to_dict(job.config), estimates,
+                                device, precision)
         run = RunFolder.create(path, manifest)
     except BaseException:
         if created:
@@ -263,6 +275,7 @@ def resume_job(run: RunFolder, job: Job, *, echo: Echo = print, stop: threading.
     if names != [stage.name for stage in job.stages]:
         raise UserError(f"{run.path / 'manifest.json'}: stages {names} do not match the '{job.kind}' pipeline")
     torch.set_num_threads(int(run.manifest["num_threads"]))
+    resolve_device(job)  # the device it started on must still be here
     echo(format_plan(job, {r["name"]: r["estimated_seconds"] for r in run.manifest["stages"] if r["status"] != "done"}))
     run.log(f"resuming ({run.status})")
     return _execute(job, run, created=False, echo=echo, stop=stop, on_event=on_event)
@@ -330,12 +343,20 @@ def _run_stage(job: Job, stage: Stage, run: RunFolder, record: dict, shared: dic
     ctx = StageContext(run=run, job=job, stage=stage.name, stage_seed=stage_seed,
                        generator=torch.Generator().manual_seed(stage_seed),
                        np_rng=np.random.default_rng(stage_seed), shared=shared, interrupts=interrupts)
+    device = resolve_device(job)[0]
+    activate(device)
+    reset_peak_memory(device)
     started = time.perf_counter()
     try:
         stage.run(ctx)
     finally:
         record["seconds"] = round(record["seconds"] + time.perf_counter() - started, 3)
+        activate("cpu")
     record["status"] = "done"
+    peak = peak_memory_mb(device)
+    if peak is not None:
+        record["peak_memory_mb"] = peak
+        run.manifest["peak_memory_mb"] = max(peak, run.manifest.get("peak_memory_mb", 0.0))
     run.manifest["num_threads"] = torch.get_num_threads()  # stages may set their own (e.g. the trainer)
     run.write_manifest()
     run.log(f"[{stage.name}] done in {record['seconds']:.1f} s")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,11 +21,13 @@ from torch import Tensor, nn
 
 from gen3d.data.foreground import ForegroundConfig, key_background
 from gen3d.diffusion import Denoiser, DiscreteSchedule, diffusers_net, sample
+from gen3d.device import out_of_memory
 from gen3d.errors import UserError
 from gen3d.models.prior import Prior, PriorOptions
 
 MEMORY_OPTIONS = ("dtype=float16 (or bfloat16), attention_slicing=true, offload_text_encoder=true, "
                   "gradient_checkpointing=true (VSD), or fewer views per step")
+ACTIVATION_FACTOR = 2.0  # a denoising step's peak is about twice the weights (activations, guidance branches)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v", "sample": "x0"}
 _WEIGHTS = {
@@ -34,16 +36,15 @@ _WEIGHTS = {
 }
 
 
-@contextlib.contextmanager
-def memory_guard(prior_name: str) -> Iterator[None]:
-    """Turn an accelerator out-of-memory error into a UserError that lists the options reducing memory."""
-    try:
-        yield
-    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError; MPS raises a plain one
-        if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc):
-            raise
-        raise UserError(f"out of accelerator memory in the '{prior_name}' prior; reduce it with the prior options "
-                        f"{MEMORY_OPTIONS}") from exc
+def memory_guard(prior_name: str, needed_mb: float) -> contextlib.AbstractContextManager:
+    """Turn an out-of-memory error into a UserError naming the memory needed and the options reducing it."""
+    return out_of_memory(f"the '{prior_name}' prior", needed_mb, f"the prior options {MEMORY_OPTIONS}")
+
+
+def weights_mb(*modules: nn.Module) -> float:
+    """The memory the modules' parameters and buffers take, in MiB."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -234,7 +235,9 @@ class LatentPrior(Prior):
             unet.set_attention_slice("max")  # one head at a time: works for any head count
         if options.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        self.unet, self.vae = unet.to(device), vae.to(device)
+        self.weights_mb = weights_mb(unet, vae)
+        with memory_guard(self.name, self.weights_mb):
+            self.unet, self.vae = unet.to(device), vae.to(device)
         self.latent_scale = float(vae.config.scaling_factor)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = unet.config.out_channels
@@ -247,7 +250,7 @@ class LatentPrior(Prior):
 
     def network_call(self, module: nn.Module) -> Callable[..., Tensor]:
         def call(x: Tensor, t: Tensor, **cond) -> Tensor:
-            with memory_guard(self.name):
+            with memory_guard(self.name, ACTIVATION_FACTOR * self.weights_mb):
                 out = self.forward(module, x.to(self.device, self.dtype), t.to(self.device, torch.float32), **cond)
             return out.to(x.device, x.dtype)
 
@@ -255,7 +258,7 @@ class LatentPrior(Prior):
 
     def vae_latents(self, rgb: Tensor) -> Tensor:
         """The VAE posterior mean of RGB (V, 3, H, W) in [0, 1], unscaled, on the device in the model dtype."""
-        with memory_guard(self.name):
+        with memory_guard(self.name, ACTIVATION_FACTOR * self.weights_mb):
             return self.vae.encode((rgb * 2 - 1).to(self.device, self.dtype)).latent_dist.mean
 
     def encode(self, rgba: Tensor) -> Tensor:
@@ -263,7 +266,7 @@ class LatentPrior(Prior):
         return latents.to(rgba.device, torch.float32)
 
     def decode(self, latents: Tensor) -> Tensor:
-        with memory_guard(self.name):
+        with memory_guard(self.name, ACTIVATION_FACTOR * self.weights_mb):
             image = self.vae.decode((latents / self.latent_scale).to(self.device, self.dtype)).sample
         rgb = ((image.float() + 1) / 2).clamp(0, 1).to(latents.device)
         return torch.cat([rgb, backdrop_alpha(rgb)], dim=1)

@@ -29,6 +29,7 @@ from gen3d.diffusion import diffusers_net
 from gen3d.diffusion.denoiser import Cond
 from gen3d.errors import UserError
 from gen3d.models.adapters import (
+    ACTIVATION_FACTOR,
     LatentPrior,
     camera_spherical,
     load_component,
@@ -119,7 +120,7 @@ class Zero123Prior(LatentPrior):
         if self._reference is None or self._reference[0] != key:
             rgb = rgb_on_white(images.detach().float().cpu(), self.image_size)
             pixels = clip_pixels(rgb, self.image_encoder.config.image_size, self.clip_mean, self.clip_std)
-            with torch.no_grad(), memory_guard(self.name):
+            with torch.no_grad(), memory_guard(self.name, ACTIVATION_FACTOR * self.weights_mb):
                 embedding = self.image_encoder(pixel_values=pixels.to(self.encoder_device, self.encoder_dtype)).image_embeds
                 latents = self.vae_latents(rgb)
             self._reference = (key, (embedding.to(self.device, self.dtype)[:, None], latents))
@@ -133,7 +134,7 @@ class Zero123Prior(LatentPrior):
         embedding, latents = self.reference(observed.images)
         pose = relative_pose(cameras, observed.cameras, self.pose_encoding).to(self.device, self.dtype)
         views = len(cameras)
-        with torch.no_grad(), memory_guard(self.name):
+        with torch.no_grad(), memory_guard(self.name, ACTIVATION_FACTOR * self.weights_mb):
             context = self.cc_projection(torch.cat([embedding.expand(views, -1, -1), pose[:, None]], dim=-1))
         latents = latents.expand(views, -1, -1, -1)
         return ({"encoder_hidden_states": context, "image_latents": latents},

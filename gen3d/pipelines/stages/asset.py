@@ -59,12 +59,15 @@ def field_color_source(field: RadianceField, reach: float, mesh: trimesh.Trimesh
         return torch.from_numpy(caster.unobstructed(origins.double().numpy(), targets.double().numpy(), reach))
 
     def source(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
-        p, n = torch.tensor(points, dtype=torch.float32), torch.tensor(normals, dtype=torch.float32)
+        device = field.aabb.device  # the field's, a GPU's or the CPU
+        p = torch.tensor(points, dtype=torch.float32, device=device)
+        n = torch.tensor(normals, dtype=torch.float32, device=device)
         dirs = weights = None
         if photo_cameras is not None:
-            dirs, weights = facing_views(p, n, photo_cameras.centers.float(), FACING_VIEWS,
+            dirs, weights = facing_views(p.cpu(), n.cpu(), photo_cameras.centers.float().cpu(), FACING_VIEWS,
                                          visible if caster is not None else None)
-        return surface_radiance(field, p, n, reach, view_dirs=dirs, view_weights=weights).double().numpy()
+            dirs, weights = dirs.to(device), weights.to(device)
+        return surface_radiance(field, p, n, reach, view_dirs=dirs, view_weights=weights).double().cpu().numpy()
 
     return source
 

@@ -82,13 +82,15 @@ def threshold_ladder(threshold: float) -> list[float]:
 
 @torch.no_grad()
 def render_images(field: NerfField, renderer: VolumeRenderer, cameras: Cameras, chunk: int = 16384) -> dict[str, Tensor]:
-    """Whole images onto the renderer's fixed background: rgb (N, H, W, 3), opacity (N, H, W)."""
-    origins, dirs = flat_rays(cameras)
+    """Whole images onto the renderer's fixed background: rgb (N, H, W, 3), opacity (N, H, W), on the CPU
+    (the field may run on a GPU)."""
+    origins, dirs = (t.to(field.aabb.device) for t in flat_rays(cameras))
     background = renderer.background(1)[0].detach()
     parts = [renderer.render_rays(field, origins[s:s + chunk], dirs[s:s + chunk], background)
              for s in range(0, len(origins), chunk)]
     shape = (len(cameras), cameras.height, cameras.width)
-    return {key: torch.cat([p[key] for p in parts]).reshape(*shape, -1).squeeze(-1) for key in ("rgb", "opacity")}
+    return {key: torch.cat([p[key] for p in parts]).reshape(*shape, -1).squeeze(-1).cpu()
+            for key in ("rgb", "opacity")}
 
 
 def generated_scoring_views(ctx: StageContext, field: NerfField, renderer: VolumeRenderer) -> ScoringViews:
@@ -119,15 +121,17 @@ def field_mesh(field: NerfField, cfg: ExportConfig, resolution: int,
 
     @torch.no_grad()
     def density(points: Tensor, chunk: int = 65536) -> Tensor:
-        return torch.cat([field.density(points[s:s + chunk]) for s in range(0, len(points), chunk)])
+        return torch.cat([field.density(points[s:s + chunk].to(field.aabb.device)).cpu()
+                          for s in range(0, len(points), chunk)])
 
-    grid = checked_density_grid(density, field.aabb, resolution)
+    aabb = field.aabb.cpu()  # meshes are made on the CPU wherever the field runs
+    grid = checked_density_grid(density, aabb, resolution)
     solidify = None if cfg.solidify < 0 else cfg.solidify
     threshold = cfg.threshold
     if cfg.auto_threshold and views is not None and views.opacity is not None:
-        threshold = best_threshold(grid, field.aabb, threshold_ladder(cfg.threshold), views.cameras, views.opacity > 0.5,
-                                   solidify)
-    raw = grid_mesh(grid, field.aabb, threshold, solidify)
+        threshold = best_threshold(grid, aabb, threshold_ladder(cfg.threshold), views.cameras,
+                                   views.opacity.cpu() > 0.5, solidify)
+    raw = grid_mesh(grid, aabb, threshold, solidify)
     return clean_mesh(raw, keep_largest=cfg.keep_largest, target_faces=cfg.target_faces), threshold
 
 
@@ -138,7 +142,7 @@ def field_asset(field: NerfField, cfg: ExportConfig, resolution: int, views: Sco
     `photo_cameras`: the cameras the field was trained from, to colour a view-dependent field as
     those photos saw each point."""
     mesh, threshold = field_mesh(field, cfg, resolution, views)
-    source = field_color_source(field, reach_for(field.aabb, resolution, cfg.color_reach), mesh, photo_cameras)
+    source = field_color_source(field, reach_for(field.aabb.cpu(), resolution, cfg.color_reach), mesh, photo_cameras)
     texture = cfg.texture if texture is None else texture
     return mesh_asset(mesh, source, texture, texture_size_for(mesh, cfg.texture_size, views), threshold)
 
