@@ -172,3 +172,16 @@ def test_view_dependent_colour_comes_from_the_cameras_that_see_the_point():
         caster.unobstructed(o.double().numpy(), t.double().numpy(), 0.01)))[1]
     assert hidden.sum() == 0
     assert caster.unobstructed(np.array([[0.0, 0.0, 0.0]]), np.array([[0.0, 3.0, 0.0]]), 0.01).all()
+
+
+def test_level_search_skips_levels_without_a_surface():
+    """A faint field: the higher candidate levels have no surface at all, solidified or not."""
+    from gen3d.export.extract import best_threshold, grid_mesh
+
+    axes = torch.linspace(-1, 1, 32)
+    grid = torch.stack(torch.meshgrid(axes, axes, axes, indexing="ij"), -1).norm(dim=-1)
+    dens = (3.0 * (grid < 0.5)).numpy()  # max 3
+    box = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    cams = from_fov(look_at(torch.tensor([[2.5, 0.0, 0.5]])), 40.0, 32, 32)
+    masks = render_mesh(grid_mesh(dens, box, 1.5, solidify=1), cams).rgba[..., 3] > 0.5
+    assert best_threshold(dens, box, [1.5, 5.0, 10.0], cams, masks, solidify=1) == 1.5

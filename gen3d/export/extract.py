@@ -73,6 +73,8 @@ def grid_mesh(grid: np.ndarray, aabb, threshold: float, solidify: int | None = N
                         f"(max {grid.max():.4g}); no surface to extract")
     if solidify is not None:
         grid, threshold = solid_indicator(grid, threshold, solidify), 0.0
+        if not grid.max() > threshold:  # a solid thinner than the smoothing
+            raise UserError("the solid above the marching cubes threshold is too thin to keep; no surface to extract")
     padded = np.pad(grid, 1, mode="constant", constant_values=min(float(grid.min()), threshold) - 1.0)
     spacing = ((aabb[1] - aabb[0]) / (grid.shape[0] - 1)).numpy()
     # "ascent": the object is where values rise above the level, which orients faces outward.
@@ -92,12 +94,12 @@ def best_threshold(grid: np.ndarray, aabb, candidates: list[float], cameras: Cam
     nominal one), so it is read off the field's own rendered opacity."""
     scores = []
     for level in candidates:
-        if not grid.max() > level:
-            break
-        silhouette = render_mesh(grid_mesh(grid, aabb, level, solidify), cameras).rgba[..., 3] > 0.5
+        try:
+            silhouette = render_mesh(grid_mesh(grid, aabb, level, solidify), cameras).rgba[..., 3] > 0.5
+        except UserError:  # no surface at this level (nor, for the empty side, above it)
+            scores.append(-1.0)
+            continue
         scores.append((silhouette & masks).sum().item() / max((silhouette | masks).sum().item(), 1))
-    if not scores:
-        return candidates[0]
     return candidates[int(np.argmax(scores))]
 
 
