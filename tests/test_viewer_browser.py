@@ -196,7 +196,28 @@ def test_run_page_shows_views_curves_metrics_and_downloads(page, server):
     assert page.evaluate("window.gen3dViewer.timeline") is None
 
 
+@pytest.fixture(scope="module")
+def ray_server(tmp_path_factory):
+    """A server handing its queued jobs to Ray (a local instance) instead of local workers."""
+    pytest.importorskip("ray")
+    runs = tmp_path_factory.mktemp("viewer-ray") / "runs"
+    runs.mkdir()
+    with live_server(runs, workers=1, args=("--ray",)) as live:
+        yield live
+
+
 def test_job_submitted_from_the_form_runs_with_live_progress(page, server):
+    submit_selftest_from_the_form(page, server)
+
+
+def test_job_submitted_from_the_form_runs_on_ray(page, ray_server):
+    submit_selftest_from_the_form(page, ray_server)
+    with ray_server.client() as http:
+        (job,) = http.get("/api/jobs").json()["jobs"]
+    assert (job["status"], job["exit_code"]) == ("done", 0)
+
+
+def submit_selftest_from_the_form(page, server):
     page.goto(server.url)
     page.click('button.tab[data-kind="selftest"]')
     page.fill("#opt-selftest-steps", "8")
