@@ -108,6 +108,16 @@ def test_local_batch_writes_a_run_folder_per_job(local_batch: Path):
     assert len({json.dumps(m, sort_keys=True) for _, _, m in results(local_batch).values()}) == 4  # seeds differ
 
 
+def test_the_server_lists_the_batch_with_its_progress(local_batch: Path):
+    from fastapi.testclient import TestClient
+
+    from gen3d.server.app import create_app
+
+    (batch,) = TestClient(create_app(local_batch.parent)).get("/api/batches").json()["batches"]
+    assert (batch["id"], batch["total"], batch["counts"]["done"], batch["progress"]) == ("batch", 4, 4, 1.0)
+    assert [j["status"] for j in batch["jobs"]] == ["done"] * 4
+
+
 def test_rerun_of_a_finished_batch_skips_every_job(local_batch: Path, jobs_file: Path):
     before = {p: p.stat().st_mtime_ns for p in local_batch.glob("*/manifest.json")}
     proc = subprocess.run([*CLI, "batch", str(jobs_file), "--out", str(local_batch)], capture_output=True,
