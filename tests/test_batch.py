@@ -135,6 +135,40 @@ def test_ray_batch_equals_local_batch(local_batch: Path, jobs_file: Path, tmp_pa
     assert results(out) == results(local_batch)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc's children lists)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            children = [int(c) for c in task.read_text().split()]
+            found += children
+            todo += children
+    return found
+
+
+def running_ray_task(pid: int) -> int | None:
+    """A Ray worker below `pid` that is running a batch job (Ray titles it after the task)."""
+    for child in descendants(pid):
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"ray::run_task"):
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def test_ray_retries_the_job_of_a_killed_worker(local_batch: Path, jobs_file: Path, tmp_path: Path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray-killed"
+    proc = subprocess.Popen([*CLI, "batch", str(jobs_file), "--out", str(out), "--backend", "ray", "--jobs", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(out.glob("*/ckpt/*.pt")), timeout=120, interval=0.05, what="a first checkpoint")
+    os.kill(wait_for(lambda: running_ray_task(proc.pid), timeout=30, what="a Ray worker"), signal.SIGKILL)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    assert results(out) == results(local_batch)
+
+
 def test_killed_batch_rerun_equals_uninterrupted(local_batch: Path, jobs_file: Path, tmp_path: Path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([*CLI, "batch", str(jobs_file), "--out", str(out), "--jobs", "2"],
