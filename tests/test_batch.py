@@ -73,6 +73,8 @@ def test_prompt_list_jsonl_and_sweep(tmp_path: Path):
     specs = read_specs(tmp_path / "s.yaml")
     assert len(specs) == 8 and {s.line for s in specs} == {3}
     assert specs[1].overrides == ("views.guidance=4.0",) and specs[1].config == str(CI_TEXT)
+    (tmp_path / "d.yaml").write_text("defaults: {kind: selftest, steps: 3}\njobs:\n  - {seed: 1}\n  - {steps: 5}\n")
+    assert [s.values["steps"] for s in read_specs(tmp_path / "d.yaml")] == [3, 5]
 
 
 @pytest.mark.parametrize(("text", "suffix", "message"), [
@@ -81,6 +83,7 @@ def test_prompt_list_jsonl_and_sweep(tmp_path: Path):
     ("jobs:\n  - {prompt: a}\n  - {prompt: b, seed: x}\n", ".yaml", ":3: 'seed' must be an integer"),
     ("jobs:\n  - {prompt: a}\n  - {kind: reconstruct, scene: /nowhere}\n", ".yaml", ":3: "),
     ('{"prompt": "a"}\n{"prompt": ""}\n', ".jsonl", ":2: the prompt is empty"),
+    ('{"kind": "train"}\n', ".jsonl", ":1: unknown job kind 'train'"),
 ])
 def test_bad_spec_line_refused_before_anything_starts(tmp_path, capsys, text, suffix, message):
     jobs = tmp_path / f"jobs{suffix}"

@@ -55,6 +55,7 @@ class Defaults:
     config: str | None = None
     overrides: list[str] = field(default_factory=list)
     seed: int = 0
+    values: dict = field(default_factory=dict)  # options of the kind (a file's `defaults:` may set them)
 
 
 class _Located(dict):
@@ -97,16 +98,26 @@ def _coerce(param, value, where: str):
     raise UserError(f"{where}: '{param.name}' must be {param.type.__name__}, got {value!r}")
 
 
+def _command_kind(name: str, where: str) -> JobKind:
+    """A kind that has its own command (not `train`, which runs under torchrun, nor internal kinds)."""
+    if name not in KINDS or not KINDS[name].command:
+        valid = ", ".join(sorted(k for k, kind in KINDS.items() if kind.command))
+        raise UserError(f"{where}: unknown job kind '{name}'; batch jobs may be: {valid}")
+    return KINDS[name]
+
+
 def _spec(entry, line: int, where: str, defaults: Defaults) -> JobSpec:
     if not isinstance(entry, dict):
         raise UserError(f"{where}: a job must be a mapping of options, got {entry!r}")
-    kind = job_kind(str(entry.get("kind", defaults.kind)))
+    kind = _command_kind(str(entry.get("kind", defaults.kind)), where)
     names = {p.name: p for p in kind.params}
     unknown = sorted(set(entry) - set(names) - set(COMMON_KEYS))
     if unknown:
         raise UserError(f"{where}: unknown key '{unknown[0]}' for '{kind.name}'; valid: "
                         f"{', '.join(sorted(names) + list(COMMON_KEYS))}")
-    values = {name: _coerce(p, entry[name], where) for name, p in names.items() if entry.get(name) is not None}
+    given = {k: v for k, v in defaults.values.items() if k in names}
+    given.update({k: entry[k] for k in names if entry.get(k) is not None})
+    values = {name: _coerce(names[name], value, where) for name, value in given.items()}
     seed = entry.get("seed", defaults.seed)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"{where}: 'seed' must be an integer, got {seed!r}")
@@ -147,7 +158,7 @@ def _from_yaml(path: Path, text: str, defaults: Defaults) -> list[JobSpec]:
         raise UserError(f"{path}: expected a list of jobs or a mapping with 'jobs', 'sweep' and 'defaults'")
     if "defaults" in doc:
         base = _spec(doc["defaults"], 0, f"{path}:{getattr(doc['defaults'], 'line', 1)}", defaults)
-        defaults = Defaults(base.kind, base.config, list(base.overrides), base.seed)
+        defaults = Defaults(base.kind, base.config, list(base.overrides), base.seed, base.values)
     specs = []
     for entry in doc.get("jobs") or []:
         line = getattr(entry, "line", 0)
