@@ -88,7 +88,10 @@ class RayBackend:
         self.ray.shutdown()
 
 
-def open_backend(cfg: BackendConfig, jobs: int, threads: int) -> LocalBackend | RayBackend:
+Backend = LocalBackend | RayBackend
+
+
+def open_backend(cfg: BackendConfig, jobs: int, threads: int) -> Backend:
     if cfg.name == "local":
         return LocalBackend(jobs, threads)
     if cfg.name == "ray":

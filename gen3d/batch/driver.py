@@ -12,7 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from gen3d.batch.backends import BackendConfig, open_backend, plan_slots
+from gen3d.batch.backends import Backend, BackendConfig, open_backend, plan_slots
 from gen3d.batch.folder import BatchFolder
 from gen3d.batch.specs import JobSpec, validate
 from gen3d.batch.task import Task
@@ -60,10 +60,8 @@ def run_batch(folder: BatchFolder, cfg: BackendConfig,
     if not todo:
         return folder
     backend = open_backend(cfg, slots, threads)
-    futures: dict[Future, dict] = {}
     try:
-        futures = {backend.submit(Task(j["spec"], str(folder.run_dir(j)), threads)): j for j in todo}
-        _follow(folder, futures, slots, on_progress)
+        _follow(folder, backend, todo, (slots, threads), on_progress)
     except BaseException:
         backend.close(cancel=True)
         folder.refresh()
@@ -73,16 +71,21 @@ def run_batch(folder: BatchFolder, cfg: BackendConfig,
     return folder
 
 
-def _follow(folder: BatchFolder, futures: dict[Future, dict], slots: int,
+def _follow(folder: BatchFolder, backend: Backend, todo: list[dict], slots: tuple[int, int],
             on_progress: Callable[[Progress], None]) -> None:
-    pending = set(futures)
-    while pending:
-        finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+    """Keep `slots` = (jobs, threads per job) jobs in the backend, never more, so an interrupted batch
+    leaves none queued there."""
+    (jobs, threads), waiting, futures = slots, list(todo), {}
+    while waiting or futures:
+        while waiting and len(futures) < jobs:
+            job = waiting.pop(0)
+            futures[backend.submit(Task(job["spec"], str(folder.run_dir(job)), threads))] = job
+        finished, _ = wait(futures, timeout=POLL_S, return_when=FIRST_COMPLETED)
         for future in finished:
-            futures[future].update(_result(future))
-        _refresh_unfinished(folder, [futures[f] for f in pending])
+            futures.pop(future).update(_result(future))
+        _refresh_unfinished(folder, list(futures.values()))
         folder.write()
-        on_progress(Progress(len(folder.jobs), folder.counts(), eta_seconds(folder, slots)))
+        on_progress(Progress(len(folder.jobs), folder.counts(), eta_seconds(folder, jobs)))
 
 
 def _result(future: Future) -> dict:

@@ -103,5 +103,6 @@ def batch(
     rows = summary_rows(folder)
     typer.echo(json.dumps({"batch": str(folder.path), "counts": folder.counts(), "jobs": rows}) if as_json
                else format_table(rows) + f"\n{folder.path / BATCH_FILE}")
-    if folder.counts()["failed"]:
-        raise typer.Exit(1)
+    counts = folder.counts()
+    if counts["failed"] or counts["interrupted"]:  # a job's worker was stopped: the same command continues it
+        raise typer.Exit(1 if counts["failed"] else EXIT_INTERRUPTED)
