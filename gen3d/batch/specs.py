@@ -122,6 +122,8 @@ def _spec(entry, line: int, where: str, defaults: Defaults) -> JobSpec:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"{where}: 'seed' must be an integer, got {seed!r}")
     config = entry.get("config", defaults.config)
+    if config is not None and not isinstance(config, str):
+        raise UserError(f"{where}: 'config' must be the path of a YAML file, got {config!r}")
     overrides = defaults.overrides + _set_items(entry.get("set", []), where)
     return JobSpec(kind.name, values, None if config is None else str(Path(config).resolve()), tuple(overrides),
                    seed, line)
@@ -131,8 +133,10 @@ def _sweep(raw, line: int, where: str, defaults: Defaults) -> list[JobSpec]:
     """Every combination of the list-valued keys (and of the lists under `set:`), in file order."""
     if not isinstance(raw, dict):
         raise UserError(f"{where}: 'sweep' must be a mapping")
-    axes = [(k, v) for k, v in raw.items() if k != "set"]
-    axes += [(("set", k), v) for k, v in dict(raw.get("set") or {}).items()]
+    sets = raw.get("set") or {}
+    if not isinstance(sets, dict):
+        raise UserError(f"{where}: a sweep's 'set' must map config keys to lists of values")
+    axes = [(k, v) for k, v in raw.items() if k != "set"] + [(("set", k), v) for k, v in sets.items()]
     lists = [v if isinstance(v, list) else [v] for _, v in axes]
     specs = []
     for combo in itertools.product(*lists):
