@@ -79,8 +79,6 @@ class Worker:
                 return None
             except subprocess.TimeoutExpired:
                 pass
-            except KeyboardInterrupt:  # Ray's cancel of a `gen3d serve --ray` task: stop the job like SIGTERM
-                self.stopping = True
             cancel = self.queue.beat(job.id)
             reason = "cancel" if cancel else "stop" if self.stopping or self.orphaned() else None
             if reason:
