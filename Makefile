@@ -7,7 +7,8 @@ setup:
 demo: setup
 	.venv/bin/gen3d text-to-3d "a large red snowman"
 
-test: setup
+test:
+	@GEN3D_EXTRAS=dev,cluster bash scripts/setup.sh
 	@bash scripts/install_browser.sh
 	GEN3D_REQUIRE_SHARED=1 .venv/bin/python -m pytest -q
 

@@ -25,6 +25,7 @@ _state = {"verbose": False}
 
 # One module per area; each decorates functions with @app.command on import.
 _COMMAND_MODULES = [
+    "gen3d.commands.batch",
     "gen3d.commands.bench",
     "gen3d.commands.demo",
     "gen3d.commands.jobs",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: system libraries, .venv, the CPU torch wheel first, then gen3d in editable mode.
+# Idempotent set-up: system libraries, .venv, the CPU torch wheel first, then gen3d in editable mode
+# with the extras in GEN3D_EXTRAS (default: dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,9 +20,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # A bare `torch` requirement would pull a CUDA build of several GB; take the CPU wheel first.
 "$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q "torch==2.13.0"
 
-stamp=.venv/.gen3d-installed
+# GEN3D_EXTRAS picks the optional extras (make test adds `cluster`, the Ray backend's tests).
+extras=${GEN3D_EXTRAS:-dev}
+stamp=.venv/.gen3d-installed-${extras//,/-}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$VPY" -m pip install -q -e ".[dev]"
+  "$VPY" -m pip install -q -e ".[$extras]"
   touch "$stamp"
 fi
 

@@ -14,7 +14,7 @@ LAYERS = (
     ("geometry and data", ("gen3d.cameras", "gen3d.data")),
     ("fields and render", ("gen3d.fields", "gen3d.render", "gen3d.recon", "gen3d.export", "gen3d.shapeworld")),
     ("priors", ("gen3d.models",)),
-    ("pipelines and runner", ("gen3d.runs", "gen3d.pipelines", "gen3d.training")),
+    ("pipelines and runner", ("gen3d.runs", "gen3d.pipelines", "gen3d.training", "gen3d.batch")),
     ("server, CLI and benchmarks", ("gen3d.server", "gen3d.cli", "gen3d.commands", "gen3d.bench", "gen3d.__main__")),
 )
 

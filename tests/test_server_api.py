@@ -365,3 +365,20 @@ def test_stale_running_jobs_are_interrupted(tmp_path: Path):
     dead = queue.claim(2**22 + 12345)  # no such process
     assert [j.id for j in queue.interrupt_stale()] == [dead.id]
     assert queue.get(alive.id).status == "running" and queue.get(dead.id).status == "interrupted"
+
+
+def test_ray_backend_cancels_and_stops_jobs_like_local_workers(tmp_path: Path):
+    pytest.importorskip("ray")
+    runs_dir = tmp_path / "runs"
+    slow = {"kind": "selftest", "options": {"steps": 400, "step_seconds": 0.1}}
+    with live_server(runs_dir, workers=1, args=("--ray",)) as server, server.client() as http:
+        cancelled, stopped = (http.post("/api/jobs", json=slow).json() for _ in range(2))
+        events = runs_dir / cancelled["run_id"] / "events.jsonl"
+        wait_for(lambda: events.is_file() and '"step": 2,' in events.read_text(), 120, what="progress on Ray")
+        http.post(f"/api/jobs/{cancelled['id']}/cancel")
+        wait_for(lambda: http.get(f"/api/jobs/{cancelled['id']}").json()["status"] == "cancelled", 60, what="cancel")
+        events = runs_dir / stopped["run_id"] / "events.jsonl"
+        wait_for(lambda: events.is_file() and '"step": 2,' in events.read_text(), 120, what="the next job")
+    queue = JobQueue(runs_dir / QUEUE_FILE)
+    assert queue.get(stopped["id"]).status == "interrupted"
+    assert json.loads((runs_dir / stopped["run_id"] / "manifest.json").read_text())["status"] == "interrupted"

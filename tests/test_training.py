@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +142,30 @@ def test_ci_smoke_training_lowers_the_loss_and_exports_a_loadable_prior(tmp_path
     prior = load(run / "prior")
     out = prior.sample("a red cube", eval_cameras(64)[:4], steps=2, generator=torch.Generator().manual_seed(0))
     assert out.shape == (4, 4, 64, 64) and torch.isfinite(out).all()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not (SHIPPED_AE / "config.json").is_file(), reason="shipped autoencoder absent")
+def test_two_node_torchrun_launch_on_one_machine(tmp_path):
+    """docs/scale-out.md's two-node command, both node ranks on 127.0.0.1: they meet, train together, and
+    rank 0 alone writes the finished run folder."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    port = str(_free_port())
+    command = [torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+               "--master_port", port, "-m", "gen3d", "train", "configs/ci/train-smoke.yaml",
+               "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "multiview.optim.steps=20",
+               "--set", "multiview.optim.checkpoint_every=10", "--set", "multiview.optim.log_every=5",
+               "--out", str(tmp_path / "run"), "--seed", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(command[:3] + ["--node_rank", str(rank)] + command[3:], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=400)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["metrics"]["steps"] == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]

@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 from viewer_helpers import CHROMIUM, CHROMIUM_ARGS, box_corners, live_server, make_moving_box_run, make_run
 
+from gen3d.batch.folder import BATCH_FILE
 from gen3d.cameras import from_fov, look_at, project
+from gen3d.io import atomic_write_json
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (install it with scripts/install_browser.sh)", allow_module_level=True)
@@ -38,6 +40,9 @@ def server(tmp_path_factory):
     make_run(runs, "20250103-000000-image-to-3d-chair", kind="image-to-3d", inputs={"image": "/up/chair.png"},
              metrics={"psnr": 19.5})
     make_moving_box_run(runs, MOVING_RUN, FRAMES, STEP_X)
+    atomic_write_json(runs / "batch-level" / BATCH_FILE, {"id": "batch-level", "jobs": [
+        {"id": f"00{i}-selftest-selftest", "status": status, "seconds": 1.0, "metrics": {}}
+        for i, status in enumerate(("done", "failed", "running", "pending"))]})
     with live_server(runs, workers=1) as live:
         yield live
 
@@ -110,6 +115,16 @@ def test_gallery_lists_runs_and_filters(page, server):
     assert cards.count() == 3
     page.fill("#filter-text", "chair")
     assert cards.evaluate_all("cs => cs.map(c => c.dataset.runId)") == ["20250103-000000-image-to-3d-chair"]
+
+
+def test_gallery_shows_a_batch_as_a_group_with_its_progress(page, server):
+    page.goto(server.url)
+    group = page.locator('#batches details[data-batch-id="batch-level"]')
+    group.wait_for()
+    assert (group.get_attribute("data-finished"), group.get_attribute("data-total")) == ("2", "4")
+    assert "2/4" in group.locator(".progress-label").inner_text()
+    group.locator("summary").click()
+    assert page.locator("#batches .batch-jobs li").count() == 4
 
 
 def test_run_page_draws_the_box_where_the_camera_says(page, server):
@@ -197,7 +212,28 @@ def test_run_page_shows_views_curves_metrics_and_downloads(page, server):
     assert page.evaluate("window.gen3dViewer.timeline") is None
 
 
+@pytest.fixture(scope="module")
+def ray_server(tmp_path_factory):
+    """A server handing its queued jobs to Ray (a local instance) instead of local workers."""
+    pytest.importorskip("ray")
+    runs = tmp_path_factory.mktemp("viewer-ray") / "runs"
+    runs.mkdir()
+    with live_server(runs, workers=1, args=("--ray",)) as live:
+        yield live
+
+
 def test_job_submitted_from_the_form_runs_with_live_progress(page, server):
+    submit_selftest_from_the_form(page, server)
+
+
+def test_job_submitted_from_the_form_runs_on_ray(page, ray_server):
+    submit_selftest_from_the_form(page, ray_server)
+    with ray_server.client() as http:
+        (job,) = http.get("/api/jobs").json()["jobs"]
+    assert (job["status"], job["exit_code"]) == ("done", 0)
+
+
+def submit_selftest_from_the_form(page, server):
     page.goto(server.url)
     page.click('button.tab[data-kind="selftest"]')
     page.fill("#opt-selftest-steps", "8")

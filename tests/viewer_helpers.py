@@ -98,12 +98,12 @@ def make_moving_box_run(root: Path, run_id: str, frames: int = 8, step_x: float 
 
 
 class LiveServer:
-    """`gen3d serve RUNS_DIR --port 0` in its own process group; `url` is the address it printed."""
+    """`gen3d serve RUNS_DIR --port 0 [ARGS]` in its own process group; `url` is the address it printed."""
 
-    def __init__(self, runs_dir: Path, workers: int = 0):
+    def __init__(self, runs_dir: Path, workers: int = 0, args: tuple[str, ...] = ()):
         self.runs_dir = runs_dir
         self.proc = subprocess.Popen(
-            [*CLI, "serve", str(runs_dir), "--port", "0", "--workers", str(workers)],
+            [*CLI, "serve", str(runs_dir), "--port", "0", "--workers", str(workers), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -145,8 +145,8 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(runs_dir: Path, workers: int = 0):
-    server = LiveServer(runs_dir, workers)
+def live_server(runs_dir: Path, workers: int = 0, args: tuple[str, ...] = ()):
+    server = LiveServer(runs_dir, workers, args)
     try:
         yield server
     finally:

@@ -6,6 +6,7 @@ as sample grids go to `out_dir`, the JSON's folder) registered below by name;
 """
 
 BENCHMARKS = {
+    "batch": "gen3d.bench.batch",
     "fields": "gen3d.bench.fields",
     "fewview": "gen3d.bench.fewview",
     "gpu": "gen3d.bench.gpu",

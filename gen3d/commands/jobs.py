@@ -13,7 +13,7 @@ from gen3d.cli import app
 from gen3d.config import load_config
 from gen3d.errors import UserError
 from gen3d.pipelines import job_from_manifest
-from gen3d.pipelines.kinds import pipeline_module
+from gen3d.pipelines.kinds import job_overrides, pipeline_module
 from gen3d.runs import (
     Job,
     RunFolder,
@@ -48,13 +48,6 @@ def launch_job(job: Job, *, out: Path | None, dry: bool) -> None:
         finish(run_job(job, out, on_event=bar))
     finally:
         bar.close()
-
-
-def job_overrides(overrides: list[str] | None, **flags) -> list[str]:
-    """`--set` items followed by dedicated flags (`--steps 50` -> `recon.steps=50`), which win;
-    path flags are made absolute, so a resumed run finds them from any directory."""
-    return list(overrides or []) + [f"{key}={value.resolve() if isinstance(value, Path) else value}"
-                                    for key, value in flags.items() if value is not None]
 
 
 def launch_pipeline(kind: str, inputs: dict, *, config: Path | None, overrides: list[str] | None, flags: dict,

@@ -17,9 +17,17 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on; 0.0.0.0 exposes the server to your network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port).")] = 7860,
     workers: Annotated[int, typer.Option("--workers", min=0, max=64, help="Jobs run at once (0: queue only).")] = 1,
+    ray: Annotated[bool, typer.Option("--ray", help="Run queued jobs as Ray tasks (pip install 'gen3d[cluster]').")] = False,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="With --ray: the cluster to join "
+                                                                            "(default: start a local instance).")] = None,
 ) -> None:
     """Serve the web viewer and the JSON API for RUNS_DIR, and run queued jobs; prints the URL to open."""
+    from gen3d.batch.backends import import_ray
     from gen3d.server import launcher
 
+    ray = ray or ray_address is not None
+    if ray:
+        import_ray()  # without ray: the one-line install hint before anything starts
     launcher.serve(launcher.ServeConfig(runs_dir=runs_root() if runs_dir is None else runs_dir, host=host,
-                                        port=port, workers=workers))
+                                        port=port, workers=workers, ray=ray,
+                                        ray_address=ray_address))

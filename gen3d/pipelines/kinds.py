@@ -168,3 +168,10 @@ def split_values(kind: JobKind, values: dict) -> tuple[dict, dict]:
         elif value is not None and value is not False:
             flags[param.key] = value
     return inputs, flags
+
+
+def job_overrides(overrides: list[str] | None, **flags) -> list[str]:
+    """`--set` items followed by dedicated flags (`--steps 50` -> `recon.steps=50`), which win;
+    path flags are made absolute, so a resumed run finds them from any directory."""
+    return list(overrides or []) + [f"{key}={value.resolve() if isinstance(value, Path) else value}"
+                                    for key, value in flags.items() if value is not None]

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from gen3d.errors import UserError
 from gen3d.server import runs
+from gen3d.server.batches import list_batches
 from gen3d.server.jobkinds import JOB_KINDS, CheckContext, check_options, run_id_for
 from gen3d.server.jobqueue import QUEUE_FILE, TERMINAL_JOB_STATUSES, JobQueue, QueuedJob, job_output_path
 from gen3d.server.stream import progress_stream
@@ -157,6 +158,10 @@ def create_app(runs_dir: Path, available: set[str] | None = None) -> FastAPI:
     @app.get("/api/kinds")
     def kinds() -> dict:
         return {"kinds": [kind.spec(name in available) for name, kind in JOB_KINDS.items()]}
+
+    @app.get("/api/batches")
+    def batches() -> dict:
+        return {"batches": list_batches(runs_dir)}
 
     _add_run_routes(app, runs_dir)
     _add_job_routes(app, runs_dir, queue, available, check_ctx)

@@ -31,6 +31,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     workers: int = 1
+    ray: bool = False  # run queued jobs as Ray tasks (gen3d.server.raypool)
+    ray_address: str | None = None  # the Ray cluster to join (None: a local instance)
 
 
 def recover(queue: JobQueue, runs_dir: Path) -> list[QueuedJob]:
@@ -112,6 +114,18 @@ class WorkerPool:
                 proc.wait()
 
 
+def start_pool(cfg: ServeConfig, runs_dir: Path, queue: JobQueue):
+    """Local worker processes, or with `--ray` the dispatcher that runs queued jobs as Ray tasks."""
+    if cfg.ray:
+        from gen3d.server.raypool import RayPool
+
+        pool = RayPool(runs_dir, cfg.workers, queue, cfg.ray_address)
+    else:
+        pool = WorkerPool(runs_dir, cfg.workers, queue)
+    pool.start()
+    return pool
+
+
 def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
@@ -125,11 +139,11 @@ def serve(cfg: ServeConfig) -> None:
     for job in recover(queue, runs_dir):
         print(f"gen3d serve: job {job.id} ({job.run_id}) was cut short; marked interrupted", file=sys.stderr)
     app = create_app(runs_dir)
-    pool = WorkerPool(runs_dir, cfg.workers, queue)
-    pool.start()
+    pool = start_pool(cfg, runs_dir, queue)
     port = sock.getsockname()[1]
     print(public_url(cfg.host, port), flush=True)
-    print(f"gen3d serve: runs folder {runs_dir}, {cfg.workers} worker(s); Ctrl-C stops", file=sys.stderr, flush=True)
+    where = "Ray task(s)" if cfg.ray else "worker(s)"
+    print(f"gen3d serve: runs folder {runs_dir}, {cfg.workers} {where}; Ctrl-C stops", file=sys.stderr, flush=True)
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
     finally:

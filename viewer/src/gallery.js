@@ -1,7 +1,8 @@
 // The gallery page (index.html): every run under RUNS_DIR as a card, with sorting and filtering, plus the
-// job forms and the queue.
+// job forms, the queue and the batches.
 
 import { el, formatNumber, formatSeconds, formatTime, getJSON, runTitle, statusBadge } from "./api.js";
+import { BatchesView } from "./batches.js";
 import { JobQueueView, jobForms } from "./jobs.js";
 
 const SORTS = {
@@ -76,10 +77,11 @@ async function main() {
   const root = document.getElementById("app");
   const gallery = new Gallery();
   const queue = new JobQueueView(() => gallery.load());
+  const batches = new BatchesView();
   const jobsPanel = el("section", { class: "panel new-job" }, el("h2", {}, "New job"), el("p", { class: "muted" }, "loading…"));
-  root.append(jobsPanel, el("section", { class: "panel" }, el("h2", {}, "Queue"), queue.node), gallery.node);
+  root.append(jobsPanel, el("section", { class: "panel" }, el("h2", {}, "Queue"), queue.node), batches.node, gallery.node);
   try {
-    const [{ kinds }] = await Promise.all([getJSON("/api/kinds"), gallery.load(), queue.refresh()]);
+    const [{ kinds }] = await Promise.all([getJSON("/api/kinds"), gallery.load(), queue.refresh(), batches.refresh()]);
     jobsPanel.replaceChildren(el("h2", {}, "New job"), jobForms(kinds, gallery.runs, (job) => queue.add(job)));
   } catch (error) {
     root.prepend(el("p", { class: "error" }, `The server did not answer: ${error.message}`));
