@@ -194,7 +194,7 @@ def test_time_slider_and_play_step_through_a_4d_run(page, server):
 
 def test_run_page_shows_views_curves_metrics_and_downloads(page, server):
     open_run(page, server)
-    assert page.locator("#metrics").inner_text().split() == ["psnr", "24.25", "mesh_psnr", "22.5"]
+    assert page.locator("#metrics").inner_text().split() == ["psnr", "24.25", "mesh_psnr", "22.50"]
     assert page.locator("#fidelity").inner_text() == "PSNR: field 24.25 dB, exported mesh 22.50 dB (-1.75)"
     links = page.locator("#files a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
     assert links == [f"/api/runs/{BOX_RUN}/files/views/view_000.png", f"/api/runs/{BOX_RUN}/files/mesh.glb"]
