@@ -38,11 +38,16 @@ from gen3d.pipelines.stages.reload import DISTILL_METHODS, stage_model
 from gen3d.pipelines.stages.views import load_views
 from gen3d.recon.metrics import psnr
 from gen3d.recon.trainer import composite_onto
+from gen3d.render.mesh import ShadingConfig
 from gen3d.render.volume import VolumeRenderer
 from gen3d.runs import StageContext
 from gen3d.shapeworld.scenes import eval_cameras
 
 MeshFormat = Literal["glb", "ply", "obj"]
+
+# Exported colours already hold the lighting of the images they came from; the turntable adds only
+# a little shading for shape, so the preview shows the colours the file has, not them lit twice.
+BAKED_LIGHT_PREVIEW = ShadingConfig(ambient=0.75, diffuse=0.25)
 
 
 @dataclass
@@ -166,7 +171,8 @@ def export_field(ctx: StageContext, field: NerfField, cfg: ExportConfig,
     points, faces = trimesh.sample.sample_surface(mesh, cfg.pointcloud_points, seed=ctx.np_rng)
     colors = mesh.visual.face_colors[faces, :3]  # averaged vertex colours
     ctx.add_artifact(write_pointcloud_ply(points, colors, ctx.path / "pointcloud.ply"), "pointcloud", up="z")
-    frames = render_turntable(asset.primary, cfg.turntable_frames, cfg.turntable_size, cfg.turntable_elevation)
+    frames = render_turntable(asset.primary, cfg.turntable_frames, cfg.turntable_size, cfg.turntable_elevation,
+                              shading=BAKED_LIGHT_PREVIEW)
     if cfg.video:
         ctx.add_artifact(write_video(frames, ctx.path / "turntable.mp4"), "turntable")
     if cfg.gif:
