@@ -80,8 +80,11 @@ def _row(method: str, caption: str, run_dir: Path, seconds: float) -> dict:
 
 def _mean_row(method: str, rows: list[dict]) -> dict:
     keys = ("seconds", "mask_iou", "color_ok", *SURFACE_KEYS, "mesh_psnr", "time_estimate_ratio")
-    return {"method": method, "caption": "mean",
-            **{k: float(np.nanmean([float(r[k]) for r in rows])) for k in keys}}
+    def mean(values: list[float]) -> float:  # NaN-free mean; NaN where no row has the value (sds: no mesh_psnr)
+        finite = [v for v in values if np.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    return {"method": method, "caption": "mean", **{k: mean([float(r[k]) for r in rows]) for k in keys}}
 
 
 def method_config(method: str, quick: bool) -> text_to_3d.Config:
