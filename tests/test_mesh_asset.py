@@ -184,4 +184,4 @@ def test_level_search_skips_levels_without_a_surface():
     box = torch.tensor([[-1.0] * 3, [1.0] * 3])
     cams = from_fov(look_at(torch.tensor([[2.5, 0.0, 0.5]])), 40.0, 32, 32)
     masks = render_mesh(grid_mesh(dens, box, 1.5, solidify=1), cams).rgba[..., 3] > 0.5
-    assert best_threshold(dens, box, [1.5, 5.0, 10.0], cams, masks, solidify=1) == 1.5
+    assert best_threshold(dens, box, [1.5, 5.0, 10.0], cams, masks, solidify=1)[0] == 1.5

@@ -84,23 +84,29 @@ def grid_mesh(grid: np.ndarray, aabb, threshold: float, solidify: int | None = N
 
 
 def best_threshold(grid: np.ndarray, aabb, candidates: list[float], cameras: Cameras, masks: Tensor,
-                   solidify: int | None = None) -> float:
+                   solidify: int | None = None) -> tuple[float, trimesh.Trimesh]:
     """The candidate level whose mesh (`grid_mesh` with `solidify`) has silhouettes that best match
     `masks` (N, H, W) bool at `cameras` (intersection over union): the level the renders put the
-    surface at.
+    surface at, with its mesh. UserError when no candidate has a surface.
 
     A density level is only a proxy for where a radiance field's surface shows; how dense the
     surface must be depends on the scene and the training (lego's best level is twice its
     nominal one), so it is read off the field's own rendered opacity."""
-    scores = []
+    best: tuple[float, float, trimesh.Trimesh] | None = None
+    error: UserError | None = None
     for level in candidates:
         try:
-            silhouette = render_mesh(grid_mesh(grid, aabb, level, solidify), cameras).rgba[..., 3] > 0.5
-        except UserError:  # no surface at this level (nor, for the empty side, above it)
-            scores.append(-1.0)
+            mesh = grid_mesh(grid, aabb, level, solidify)
+        except UserError as exc:  # no surface at this level
+            error = error or exc
             continue
-        scores.append((silhouette & masks).sum().item() / max((silhouette | masks).sum().item(), 1))
-    return candidates[int(np.argmax(scores))]
+        silhouette = render_mesh(mesh, cameras).rgba[..., 3] > 0.5
+        score = (silhouette & masks).sum().item() / max((silhouette | masks).sum().item(), 1)
+        if best is None or score > best[0]:
+            best = (score, level, mesh)
+    if best is None:
+        raise error
+    return best[1], best[2]
 
 
 def extract_mesh(density_fn: PointFn, aabb, resolution: int, threshold: float,

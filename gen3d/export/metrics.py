@@ -25,12 +25,16 @@ def bounding_sphere_radius(mesh: trimesh.Trimesh) -> float:
     return float(radius)
 
 
-def sample_surface(mesh: trimesh.Trimesh, n: int, seed: int) -> np.ndarray:
-    """(n, 3) points uniform over the surface area, reproducible for a seed."""
+def _samples_with_normals(mesh: trimesh.Trimesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if len(mesh.faces) == 0:
         raise ValueError("cannot sample the surface of a mesh with no faces")
-    points, _ = trimesh.sample.sample_surface(mesh, n, seed=np.random.default_rng(seed))
-    return np.asarray(points, dtype=np.float64)
+    points, faces = trimesh.sample.sample_surface(mesh, n, seed=np.random.default_rng(seed))
+    return np.asarray(points, dtype=np.float64), np.asarray(mesh.face_normals[faces], dtype=np.float64)
+
+
+def sample_surface(mesh: trimesh.Trimesh, n: int, seed: int) -> np.ndarray:
+    """(n, 3) points uniform over the surface area, reproducible for a seed."""
+    return _samples_with_normals(mesh, n, seed)[0]
 
 
 def chamfer_distance(mesh_pred: trimesh.Trimesh, mesh_gt: trimesh.Trimesh, n: int = 10000, seed: int = 0) -> float:
@@ -74,13 +78,6 @@ def mask_iou(a, b, threshold: float = 0.5) -> float:
         raise ValueError(f"mask shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     union = (a | b).sum().item()
     return 1.0 if union == 0 else (a & b).sum().item() / union
-
-
-def _samples_with_normals(mesh: trimesh.Trimesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if len(mesh.faces) == 0:
-        raise ValueError("cannot sample the surface of a mesh with no faces")
-    points, faces = trimesh.sample.sample_surface(mesh, n, seed=np.random.default_rng(seed))
-    return np.asarray(points, dtype=np.float64), np.asarray(mesh.face_normals[faces], dtype=np.float64)
 
 
 def solid_euler(mesh: trimesh.Trimesh, resolution: int = 96) -> int:

@@ -132,11 +132,11 @@ def field_mesh(field: NerfField, cfg: ExportConfig, resolution: int,
     aabb = field.aabb.cpu()  # meshes are made on the CPU wherever the field runs
     grid = checked_density_grid(density, aabb, resolution)
     solidify = None if cfg.solidify < 0 else cfg.solidify
-    threshold = cfg.threshold
     if cfg.auto_threshold and views is not None and views.opacity is not None:
-        threshold = best_threshold(grid, aabb, threshold_ladder(cfg.threshold), views.cameras,
-                                   views.opacity.cpu() > 0.5, solidify)
-    raw = grid_mesh(grid, aabb, threshold, solidify)
+        threshold, raw = best_threshold(grid, aabb, threshold_ladder(cfg.threshold), views.cameras,
+                                        views.opacity.cpu() > 0.5, solidify)
+    else:
+        threshold, raw = cfg.threshold, grid_mesh(grid, aabb, cfg.threshold, solidify)
     return clean_mesh(raw, keep_largest=cfg.keep_largest, target_faces=cfg.target_faces), threshold
 
 
