@@ -72,6 +72,12 @@ def image_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
+def has_alpha(path: Path) -> bool:
+    """Whether the file carries transparency (an alpha channel or a transparent palette entry), from its header."""
+    with _open(path) as image:
+        return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
 def _to_array(image: Image.Image) -> np.ndarray:
     """(H, W, 3 or 4) float32 in [0, 1]; 16-bit greyscale keeps its precision, palettes expand."""
     if image.mode in _SIXTEEN_BIT_GREY:

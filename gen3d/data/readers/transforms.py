@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gen3d.cameras import Cameras, focal_from_fov
-from gen3d.data.images import image_size
+from gen3d.data.images import has_alpha, image_size
 from gen3d.data.readers.common import FrameList, SceneSource, SplitMode, checked_c2w, holdout
 from gen3d.data.scene import SceneType
 from gen3d.errors import UserError
@@ -162,6 +162,19 @@ def _named_split(meta: dict, frames: list[dict], path: Path) -> tuple[list[int],
     return train, test
 
 
+def _object_box(cameras: Cameras) -> torch.Tensor:
+    """The cube the cameras look at, for object captures (frames with alpha): centred on the point
+    nearest to every optical axis, as large as the widest view's field at that point's distance
+    (an object that fills the photos fits; a quarter more for margin)."""
+    centers, axes = cameras.centers.double(), -cameras.c2w[:, :3, 2].double()
+    across = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]  # projects off each axis
+    middle = torch.linalg.lstsq(across.sum(0), (across @ centers[:, :, None]).sum(0)).solution[:, 0]
+    distance = ((middle - centers) * axes).sum(-1).clamp_min(1e-6)
+    tangent = torch.maximum(cameras.width / (2 * cameras.fx), cameras.height / (2 * cameras.fy)).double()
+    half = 1.25 * (distance * tangent.expand_as(distance)).max()
+    return torch.stack([middle - half, middle + half]).float()
+
+
 def _box_around_cameras(cameras: Cameras) -> torch.Tensor:
     """A cube centred on the cameras' centroid that holds them all: object captures look inward."""
     centers = cameras.centers
@@ -230,6 +243,10 @@ def read_transforms(root: Path, downscale: int | None, split: SplitMode) -> Scen
         aabb = _ngp_box(meta, path)
         near, far = _near_far_to_box(cameras, aabb)
         scene_type, fmt = ("bounded" if meta["aabb_scale"] == 1 else "unbounded"), "instant-ngp"
+    elif has_alpha(frames.paths[0]):
+        aabb = _object_box(cameras)
+        near, far = _near_far_to_box(cameras, aabb)
+        scene_type, fmt = "bounded", "nerfstudio"
     else:
         aabb = _box_around_cameras(cameras)
         half = float(aabb[1, 0] - aabb[0, 0]) / 2
