@@ -86,6 +86,8 @@ class RayPool:
 
     def stop(self) -> None:
         """End the session: the tasks stop their jobs at a checkpoint (interrupted); then leave Ray."""
+        if self.stopped.is_set():
+            return
         self.stopped.set()
         self.thread.join(timeout=STOP_S)
         (self.runs_dir / SESSION_FILE).unlink(missing_ok=True)
