@@ -4,6 +4,7 @@ confined to the runs folder, and workers that never outlive their server, whatev
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from gen3d.server.guards import AccessPolicy, allowed_hosts, host_name
 from gen3d.server.jobkinds import JOB_KINDS
 from gen3d.server.jobqueue import pid_alive
 from gen3d.server.launcher import ServeConfig, access_policy
+from gen3d.server.worker import STOP_GRACE_S
 from gen3d.settings import configs_dir
 
 TOKEN = "security-test-token-0123456789"
@@ -159,18 +161,28 @@ def test_workers_stop_when_the_server_gets_sigterm(tmp_path: Path):
         assert not [w for w in workers if pid_alive(w)]  # stopped before the server exited
 
 
-def test_workers_stop_when_the_server_is_killed_and_the_token_server_works(tmp_path: Path):
-    """SIGKILL leaves the server no chance to clean up: the kernel's parent-death signal stops the workers.
-    The same server listens on all interfaces, so it made and printed a token the API requires."""
-    with live_server(tmp_path / "runs", workers=1, args=("--host", "0.0.0.0")) as server:
+def test_worker_and_its_job_stop_when_the_server_is_killed(tmp_path: Path):
+    """SIGKILL leaves the server no chance to clean up: the kernel's parent-death signal makes the worker
+    stop its job at a checkpoint (interrupted, resumable) and exit. The same server listens on all
+    interfaces, so it made and printed a token, which the API requires."""
+    runs = tmp_path / "runs"
+    with live_server(runs, workers=1, args=("--host", "0.0.0.0")) as server:
         assert server.token and server.printed.endswith(f"?token={server.token}")
         with server.client() as http:
             assert http.get("/api/runs", headers={"authorization": ""}).status_code == 401
-            assert http.get("/api/runs").status_code == 200
-        workers = _workers_of(server)
+            job = http.post("/api/jobs", json={"kind": "selftest", "options": {"steps": 400, "step_seconds": 0.1}})
+        assert job.status_code == 201, job.text
+        events = runs / job.json()["run_id"] / "events.jsonl"
+        wait_for(lambda: events.is_file() and '"step": 1,' in events.read_text(), 120, what="the job's progress")
+        (worker,) = _workers_of(server)
+        family = [worker, *child_pids(worker)]
+        assert len(family) == 2  # the worker and its job
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(timeout=30)
-        wait_for(lambda: not [w for w in workers if pid_alive(w)], GONE_WITHIN_S, what="the orphaned worker to exit")
+        wait_for(lambda: not [p for p in family if pid_alive(p)], STOP_GRACE_S + GONE_WITHIN_S,
+                 what="the worker and its job to exit")  # the job may take STOP_GRACE_S to checkpoint
+    manifest = json.loads((runs / job.json()["run_id"] / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
 
 
 def test_a_worker_whose_server_is_already_gone_exits_at_once(tmp_path: Path):
