@@ -112,6 +112,7 @@ CASES = [
      "options.prompt"),
     ("prior-traversal", text3d(prior="../../etc"), 400, "options.prior"),
     ("prior-uppercase-shell", text3d(prior="$(reboot)"), 400, "options.prior"),
+    ("prior-unknown", text3d(prior="gpt-5"), 400, "options.prior: unknown prior 'gpt-5'"),
     ("set-dict", text3d(set={"a": "b"}), 400, "options.set"),
     ("set-too-many", text3d(set=[f"k{i}=1" for i in range(33)]), 400, "options.set"),
     ("set-not-override", text3d(set=["--out=/tmp/x"]), 400, "options.set"),

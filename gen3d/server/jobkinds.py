@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gen3d.errors import UserError
 from gen3d.io import slugify
+from gen3d.models.prior import PRIORS
 from gen3d.pipelines.kinds import KINDS, JobKind, Param
 from gen3d.server import runs
 from gen3d.server.uploads import Upload, check_image_bytes, check_image_file
@@ -87,6 +88,8 @@ def _check_str(option: Option, value, ctx: CheckContext) -> str:
 def _check_name(option: Option, value, ctx: CheckContext) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise _fail(option, "must be a name of lower-case letters, digits, '.', '_' or '-'")
+    if option.name == "prior" and value not in PRIORS:  # the one name with a registry to check it against
+        raise _fail(option, f"unknown prior '{value}'; valid: {', '.join(PRIORS)}")
     return value
 
 
