@@ -113,7 +113,7 @@ class AccessGuard:
         self.app, self.policy = app, policy
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] != "http":  # lifespan; the app has no websockets
             return await self.app(scope, receive, send)
         headers = _headers(scope)
         host = headers.get("host")

@@ -118,7 +118,10 @@ class WorkerPool:
         self.stopped = threading.Event()
 
     def _spawn(self) -> subprocess.Popen:
-        """A worker told our pid (it may start after we are gone), in a new session: its own process group."""
+        """A worker told our pid (it may start after we are gone), in a new session: its own process group.
+
+        The kernel's parent-death signal follows the thread that spawned the worker: the first ones come
+        from the main thread, restarts from the monitor thread, which lives until `stop`."""
         return subprocess.Popen([sys.executable, "-m", "gen3d.server.worker", str(self.runs_dir),
                                  "--parent", str(os.getpid())], stdin=subprocess.DEVNULL, start_new_session=True)
 
