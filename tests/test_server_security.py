@@ -152,13 +152,23 @@ def _workers_of(server) -> list[int]:
 
 
 def test_workers_stop_when_the_server_gets_sigterm(tmp_path: Path):
-    with live_server(tmp_path / "runs", workers=2) as server:
+    """Also with a viewer's progress stream open, which must end rather than hold the shutdown."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    make_run(runs, "20250101-000000-selftest-live", kind="selftest", status="running")
+    with live_server(runs, workers=2) as server:
         workers = _workers_of(server)
         assert len(workers) == 2 and all(os.getpgid(w) == w for w in workers)  # each leads its own group
-        server.proc.send_signal(signal.SIGTERM)
+        with server.client() as http, http.stream("GET", "/api/runs/20250101-000000-selftest-live/stream") as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("id: 0")  # the stream is open and live
+            server.proc.send_signal(signal.SIGTERM)
+            rest = list(lines)  # ends when the server stops it
+        assert not any("event: end" in line for line in rest)  # stopped by the server, not finished
         server.proc.wait(timeout=30)
         assert server.proc.returncode == 128 + signal.SIGTERM
         assert not [w for w in workers if pid_alive(w)]  # stopped before the server exited
+        assert "Traceback" not in "".join(server.stderr)
 
 
 def test_worker_and_its_job_stop_when_the_server_is_killed(tmp_path: Path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -106,6 +107,7 @@ def create_app(runs_dir: Path, available: set[str] | None = None, policy: Access
     check_ctx = CheckContext(runs_dir=runs_dir, cwd=Path.cwd(), roots=readable_roots(runs_dir, policy))
 
     app = FastAPI(title="gen3d", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.closing = threading.Event()  # set by the launcher when a signal stops the server
     app.add_middleware(RequestGuard, max_body=MAX_BODY_BYTES)
     app.add_middleware(AccessGuard, policy=policy)  # added last: runs first
     _install_error_handlers(app)

@@ -176,6 +176,20 @@ def _exit_on_signal(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def _uvicorn_server(app):
+    """uvicorn that, when a signal stops it, first tells the progress streams to end (`app.state.closing`):
+    an open stream would otherwise hold the shutdown until GRACEFUL_SHUTDOWN_S cancels it."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.closing.set()
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+
+
 def _announce(cfg: ServeConfig, policy: AccessPolicy, runs_dir: Path, port: int) -> None:
     print(public_url(cfg.host, port, policy.token), flush=True)
     where = "Ray task(s)" if cfg.ray else "worker(s)"
@@ -189,8 +203,6 @@ def _announce(cfg: ServeConfig, policy: AccessPolicy, runs_dir: Path, port: int)
 
 
 def serve(cfg: ServeConfig) -> None:
-    import uvicorn
-
     from gen3d.server.app import create_app
 
     policy = access_policy(cfg)
@@ -206,9 +218,8 @@ def serve(cfg: ServeConfig) -> None:
         signal.signal(signum, _exit_on_signal)
     pool = start_pool(cfg, runs_dir, queue)
     _announce(cfg, policy, runs_dir, sock.getsockname()[1])
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _uvicorn_server(app).run(sockets=[sock])
     finally:
         pool.stop()
         sock.close()
