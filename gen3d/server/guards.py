@@ -117,10 +117,12 @@ class AccessGuard:
             return await self.app(scope, receive, send)
         headers = _headers(scope)
         host = headers.get("host")
+        if not host:
+            return await error_response(400, "Host: the header is required")(scope, receive, send)
         if not self.policy.host_allowed(host):
-            message = (f"Host '{(host or '')[:100]}' is not allowed here; start `gen3d serve` with "
+            message = (f"Host '{host[:100]}' is not allowed here; start `gen3d serve` with "
                        f"--allow-host NAME for each name clients use")
-            return await error_response(421 if host else 400, message)(scope, receive, send)
+            return await error_response(421, message)(scope, receive, send)
         if self.policy.token is None:
             return await self.app(scope, receive, send)
         token, in_url = _presented_token(headers, scope, self.policy.cookie_name)
