@@ -205,3 +205,20 @@ def test_a_worker_whose_server_is_already_gone_exits_at_once(tmp_path: Path):
                             timeout=60, capture_output=True, text=True)
     assert worker.returncode == 0, worker.stderr
     assert time.monotonic() - started < 30
+
+
+def test_ray_tasks_notice_a_server_killed_outright(tmp_path: Path):
+    """SIGKILL leaves the Ray session file behind: a task's worker then goes by the file going untouched."""
+    from gen3d.server.raypool import SESSION_FILE, RayWorker
+
+    session = tmp_path / SESSION_FILE
+    session.parent.mkdir(parents=True)
+    session.write_text("abc")
+    worker = RayWorker(tmp_path, "abc", stale_s=0.3)
+    assert not worker.orphaned()
+    time.sleep(0.4)
+    assert worker.orphaned()  # nobody touched it: the server is gone
+    os.utime(session, (time.time() + 5, time.time() + 5))  # the dispatcher's touch
+    assert not worker.orphaned()
+    session.write_text("another server")
+    assert worker.orphaned()
