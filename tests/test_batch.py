@@ -116,7 +116,7 @@ def test_the_server_lists_the_batch_with_its_progress(local_batch: Path):
 
     from gen3d.server.app import create_app
 
-    (batch,) = TestClient(create_app(local_batch.parent)).get("/api/batches").json()["batches"]
+    (batch,) = TestClient(create_app(local_batch.parent), base_url="http://127.0.0.1").get("/api/batches").json()["batches"]
     assert (batch["id"], batch["total"], batch["counts"]["done"], batch["progress"]) == ("batch", 4, 4, 1.0)
     assert [j["status"] for j in batch["jobs"]] == ["done"] * 4
 

@@ -21,12 +21,14 @@ from PIL import Image
 from viewer_helpers import live_server, make_moving_box_run, make_run, wait_for
 
 from gen3d.server.app import create_app
+from gen3d.server.guards import AccessPolicy
 from gen3d.server.jobkinds import JOB_KINDS
 from gen3d.server.jobqueue import QUEUE_FILE, JobQueue
 from gen3d.server.uploads import MAX_UPLOAD_BYTES
 from gen3d.settings import data_dir
 
 ALL_KINDS = set(JOB_KINDS)
+LOOPBACK = "http://127.0.0.1"  # TestClient's own 'testserver' is not an allowed Host
 
 
 def png_bytes(size=(16, 12), color=(10, 200, 30)) -> bytes:
@@ -57,7 +59,7 @@ def live(tmp_path_factory):
 
 @pytest.fixture()
 def client(runs_dir: Path) -> TestClient:
-    return TestClient(create_app(runs_dir, available=ALL_KINDS))
+    return TestClient(create_app(runs_dir, available=ALL_KINDS), base_url=LOOPBACK)
 
 
 # -- runs -----------------------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ def test_bad_uploads_are_refused(client: TestClient, runs_dir: Path, data: bytes
     ({"kind": "text-to-3d", "options": {"prompt": "a cube", "set": ["not an override"]}}, "options.set"),
     ({"kind": "text-to-4d", "options": {"prompt": "a ball", "method": "vsd"}}, "options.method: unknown option"),
     ({"kind": "reconstruct", "options": {"scene": "/definitely/not/here"}}, "options.scene"),
-    ({"kind": "reconstruct", "options": {"scene": "."}}, "not a scene folder"),
+    ({"kind": "reconstruct", "options": {"scene": "."}}, "outside the folders this server may read"),
     ({"kind": "resume", "options": {"run": "../x"}}, "options.run"),
     ({"kind": "resume", "options": {"run": "missing-run"}}, "no run 'missing-run'"),
     ({"kind": "selftest", "options": []}, "options: must be a JSON object"),
@@ -232,7 +234,7 @@ def test_malformed_requests_get_json_4xx(client: TestClient):
 
 
 def test_unavailable_kind_is_refused(runs_dir: Path):
-    client = TestClient(create_app(runs_dir, available={"selftest"}))
+    client = TestClient(create_app(runs_dir, available={"selftest"}), base_url=LOOPBACK)
     kinds = {k["name"]: k["available"] for k in client.get("/api/kinds").json()["kinds"]}
     assert kinds["selftest"] is True and kinds["text-to-3d"] is False
     response = client.post("/api/jobs", json={"kind": "text-to-3d", "options": {"prompt": "a cube"}})
@@ -240,8 +242,10 @@ def test_unavailable_kind_is_refused(runs_dir: Path):
 
 
 @pytest.mark.shared_data("nerf_synthetic_lego_subset")
-def test_reconstruct_job_command_line(client: TestClient, runs_dir: Path):
+def test_reconstruct_job_command_line(runs_dir: Path):
     scene = data_dir(required=False) / "nerf_synthetic_lego_subset"
+    policy = AccessPolicy(extra_paths=(scene.parent,))  # `gen3d serve --allow-path DATA`
+    client = TestClient(create_app(runs_dir, available=ALL_KINDS, policy=policy), base_url=LOOPBACK)
     job = client.post("/api/jobs", json={"kind": "reconstruct", "options": {"scene": str(scene), "views": 3,
                                                                             "set": ["train.steps=5"]}}).json()
     argv = JOB_KINDS["reconstruct"].argv(job["options"], runs_dir / job["run_id"])

@@ -117,6 +117,23 @@ def test_gallery_lists_runs_and_filters(page, server):
     assert cards.evaluate_all("cs => cs.map(c => c.dataset.runId)") == ["20250103-000000-image-to-3d-chair"]
 
 
+def test_viewer_keeps_a_token_given_once_in_the_url(browser, tmp_path):
+    """A server that needs a token: the printed URL carries it once; the gallery, the run page and its
+    mesh then load with the cookie alone, and the token leaves the address bar."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    make_run(runs, BOX_RUN, inputs={"prompt": "a blue box"})
+    with live_server(runs, args=("--token", "viewer-test-token-0123456789")) as server:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(server.printed)
+        page.wait_for_selector(f'.card[data-run-id="{BOX_RUN}"]')
+        assert "token" not in page.url
+        page.goto(f"{server.url}run.html?id={BOX_RUN}")
+        page.wait_for_function("window.gen3dViewer && window.gen3dViewer.loaded", timeout=60_000)
+        context.close()
+
+
 def test_gallery_shows_a_batch_as_a_group_with_its_progress(page, server):
     page.goto(server.url)
     group = page.locator('#batches details[data-batch-id="batch-level"]')

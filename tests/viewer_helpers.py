@@ -97,8 +97,27 @@ def make_moving_box_run(root: Path, run_id: str, frames: int = 8, step_x: float 
     return folder
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    children = child_pids(pid)
+    return children + [d for c in children for d in descendants(c)]
+
+
 class LiveServer:
-    """`gen3d serve RUNS_DIR --port 0 [ARGS]` in its own process group; `url` is the address it printed."""
+    """`gen3d serve RUNS_DIR --port 0 [ARGS]` in its own process group; `url` is the address it printed
+    (without the `?token=` it carries when the server needs a token; `token` holds that)."""
 
     def __init__(self, runs_dir: Path, workers: int = 0, args: tuple[str, ...] = ()):
         self.runs_dir = runs_dir
@@ -117,13 +136,16 @@ class LiveServer:
         reader.start()
         reader.join(SERVER_START_S)
         line = found[0].strip() if found else ""
-        if not re.match(r"^http://127\.0\.0\.1:\d+/$", line):
+        match = re.match(r"^(http://127\.0\.0\.1:\d+/)(?:\?token=([\w.~-]+))?$", line)
+        if not match:
             self.kill()
             raise RuntimeError(f"gen3d serve printed {line!r}; stderr: {''.join(self.stderr)[-2000:]}")
-        return line
+        self.printed, self.token = line, match.group(2)
+        return match.group(1)
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.Client(base_url=self.url, timeout=30.0, headers=headers, **kwargs)
 
     def stop(self) -> int:
         """Ctrl-C-like shutdown (SIGTERM): workers stop their jobs and exit."""
@@ -136,11 +158,13 @@ class LiveServer:
         return self.proc.returncode
 
     def kill(self) -> None:
-        """A crash: SIGKILL the server, its workers and their jobs at once."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """A crash: SIGKILL the server, its workers and their jobs at once (workers lead their own groups)."""
+        family = descendants(self.proc.pid)
+        for pid in [self.proc.pid, *family]:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.proc.wait(timeout=30)
 
 

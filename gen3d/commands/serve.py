@@ -20,6 +20,12 @@ def serve(
     ray: Annotated[bool, typer.Option("--ray", help="Run queued jobs as Ray tasks (pip install 'gen3d[cluster]').")] = False,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="With --ray: the cluster to join "
                                                                             "(default: start a local instance).")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="Also accept requests for this Host name "
+                                                          "(repeatable; loopback names and --host always are).")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="GEN3D_TOKEN", help="Require this token on the API "
+                                              "(default: one is generated when --host is not loopback).")] = None,
+    allow_path: Annotated[list[Path] | None, typer.Option("--allow-path", help="A folder job options may name files "
+                                                           "in, beside the runs folder (repeatable).")] = None,
 ) -> None:
     """Serve the web viewer and the JSON API for RUNS_DIR, and run queued jobs; prints the URL to open."""
     from gen3d.batch.backends import import_ray
@@ -29,5 +35,6 @@ def serve(
     if ray:
         import_ray()  # without ray: the one-line install hint before anything starts
     launcher.serve(launcher.ServeConfig(runs_dir=runs_root() if runs_dir is None else runs_dir, host=host,
-                                        port=port, workers=workers, ray=ray,
-                                        ray_address=ray_address))
+                                        port=port, workers=workers, ray=ray, ray_address=ray_address,
+                                        allow_hosts=tuple(allow_host or ()), token=token,
+                                        allow_paths=tuple(allow_path or ())))

@@ -6,31 +6,36 @@ then without a traceback); the handlers below are the only place that turns exce
 
 from __future__ import annotations
 
-import json
 import logging
 import mimetypes
+import threading
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path as PathParam, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from gen3d.errors import UserError
 from gen3d.server import runs
 from gen3d.server.batches import list_batches
+from gen3d.server.guards import AccessGuard, AccessPolicy, RequestGuard, error_response
 from gen3d.server.jobkinds import JOB_KINDS, CheckContext, check_options, run_id_for
-from gen3d.server.jobqueue import QUEUE_FILE, TERMINAL_JOB_STATUSES, JobQueue, QueuedJob, job_output_path
+from gen3d.server.jobqueue import (JOB_STATUSES, QUEUE_FILE, TERMINAL_JOB_STATUSES, JobQueue, QueuedJob,
+                                   job_output_path)
 from gen3d.server.stream import progress_stream
+from gen3d.server.submissions import read_submission
 from gen3d.server.uploads import MAX_UPLOAD_BYTES, Upload, UploadTooLarge, save_upload
+from gen3d.settings import configs_dir
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Multipart framing and the option fields ride on top of the image itself.
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 256 * 1024
 MAX_OUTPUT_CHARS = 64 * 1024
+# SQLite's integer range: a larger id is no job, and must not reach the database as an overflow.
+JobId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 log = logging.getLogger("gen3d.server")
 mimetypes.add_type("model/gltf-binary", ".glb")
 mimetypes.add_type("model/gltf+json", ".gltf")
@@ -47,108 +52,64 @@ def registered_commands() -> set[str]:
     return set(typer.main.get_command(cli.app).commands)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-class RequestGuard:
-    """ASGI middleware for requests that change state: same-origin only, and a capped body size.
-
-    The origin check stops another web page from queueing jobs on a local server (a cross-site form
-    post needs no CORS preflight); the size cap refuses a large upload before it is read.
-    """
-
-    def __init__(self, app, max_body: int):
-        self.app, self.max_body = app, max_body
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        origin = headers.get("origin")
-        if origin and urlsplit(origin).netloc != headers.get("host"):
-            return await _error(403, f"cross-origin request from {origin} refused")(scope, receive, send)
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            message = f"request body over the {self.max_body // 2**20} MiB upload limit"
-            return await _error(413, message)(scope, receive, send)
-        received = 0
-
-        async def counted_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body:
-                raise UploadTooLarge(f"request body over the {self.max_body // 2**20} MiB upload limit")
-            return message
-
-        await self.app(scope, counted_receive, send)
+def _shown(text: str, limit: int = 80) -> str:
+    """A client's id or path as quoted back in an error: never the whole of a 5,000-character one."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return _error(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+        return error_response(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     @app.exception_handler(UploadTooLarge)
     async def too_large(request: Request, exc: UploadTooLarge):
-        return _error(413, str(exc))
+        return error_response(413, str(exc))
 
     @app.exception_handler(UserError)
     async def bad_input(request: Request, exc: UserError):
-        return _error(400, str(exc))
+        return error_response(400, str(exc))
 
     @app.exception_handler(Exception)
     async def server_bug(request: Request, exc: Exception):
         log.exception("unhandled error for %s %s", request.method, request.url.path)
-        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+        return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
 def _job_json(job: QueuedJob) -> dict:
     return {**job.to_json(), "stream": f"/api/jobs/{job.id}/stream"}
 
 
-async def _read_submission(request: Request) -> tuple[str, dict]:
-    """(kind, raw options) from a JSON body or a multipart form carrying an `image` upload."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=16)
-        try:
-            options = json.loads(form.get("options") or "{}")
-        except json.JSONDecodeError:
-            raise UserError("options: not valid JSON") from None
-        upload = form.get("image")
-        if isinstance(upload, UploadFile) and isinstance(options, dict):
-            options["image"] = Upload(upload.filename or "image", await upload.read())
-        return str(form.get("kind") or ""), options
-    if content_type.startswith("application/json"):
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError("request body: not valid JSON") from None
-        if not isinstance(body, dict):
-            raise UserError("request body: expected a JSON object with 'kind' and 'options'")
-        options = body.get("options")
-        return str(body.get("kind") or ""), {} if options is None else options
-    raise HTTPException(415, "send application/json or multipart/form-data")
+def readable_roots(runs_dir: Path, policy: AccessPolicy) -> tuple[Path, ...]:
+    """The folders job options may name files in: the runs folder (uploads are inside it), the bundled
+    configs (when this checkout has them) and the operator's `--allow-path` folders."""
+    try:
+        bundled = (configs_dir().resolve(),)
+    except UserError:
+        bundled = ()
+    return (runs_dir, *bundled, *(Path(p).resolve() for p in policy.extra_paths))
 
 
-def create_app(runs_dir: Path, available: set[str] | None = None) -> FastAPI:
-    """The server for `runs_dir`; `available` names the CLI commands jobs may run (default: detected)."""
+def create_app(runs_dir: Path, available: set[str] | None = None, policy: AccessPolicy | None = None) -> FastAPI:
+    """The server for `runs_dir`; `available` names the CLI commands jobs may run (default: detected);
+    `policy` says which hosts, token and extra folders it admits (default: loopback only, no token)."""
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
+    policy = AccessPolicy() if policy is None else policy
     queue = JobQueue(runs_dir / QUEUE_FILE)
     available = registered_commands() if available is None else set(available)
-    check_ctx = CheckContext(runs_dir=runs_dir, cwd=Path.cwd())
+    check_ctx = CheckContext(runs_dir=runs_dir, cwd=Path.cwd(), roots=readable_roots(runs_dir, policy))
 
     app = FastAPI(title="gen3d", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.closing = threading.Event()  # set by the launcher when a signal stops the server
     app.add_middleware(RequestGuard, max_body=MAX_BODY_BYTES)
+    app.add_middleware(AccessGuard, policy=policy)  # added last: runs first
     _install_error_handlers(app)
 
     @app.get("/api/health")
@@ -168,7 +129,7 @@ def create_app(runs_dir: Path, available: set[str] | None = None) -> FastAPI:
 
     @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     def unknown_api(rest: str):
-        raise HTTPException(404, f"no API endpoint /api/{rest}")
+        raise HTTPException(404, f"no API endpoint /api/{_shown(rest)}")
 
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
@@ -184,7 +145,7 @@ def _add_run_routes(app: FastAPI, runs_dir: Path) -> None:
         try:
             return runs.run_dir(runs_dir, run_id)
         except runs.RunNotFound:
-            raise HTTPException(404, f"no run '{run_id}'") from None
+            raise HTTPException(404, f"no run '{_shown(run_id)}'") from None
 
     def manifest_of(folder: Path) -> dict:
         try:
@@ -218,7 +179,7 @@ def _add_run_routes(app: FastAPI, runs_dir: Path) -> None:
         try:
             path = runs.resolve_file(folder, manifest_of(folder), rel_path)
         except runs.FileNotServed:
-            raise HTTPException(404, f"run '{run_id}' has no file '{rel_path}' to serve") from None
+            raise HTTPException(404, f"run '{run_id}' has no file '{_shown(rel_path)}' to serve") from None
         return FileResponse(path)
 
     @app.get("/api/runs/{run_id}/stream")
@@ -247,10 +208,10 @@ def _add_job_routes(app: FastAPI, runs_dir: Path, queue: JobQueue, available: se
 
     @app.post("/api/jobs", status_code=201)
     async def submit_job(request: Request) -> dict:
-        kind_name, raw = await _read_submission(request)
+        kind_name, raw = await read_submission(request)
         kind = JOB_KINDS.get(kind_name)
         if kind is None:
-            raise UserError(f"kind: unknown job kind '{kind_name}'; valid: {', '.join(JOB_KINDS)}")
+            raise UserError(f"kind: unknown job kind '{_shown(kind_name, 60)}'; valid: {', '.join(JOB_KINDS)}")
         if kind.name not in available:
             raise UserError(f"kind: '{kind.name}' is not available here (no `gen3d {kind.name}` command)")
         options = check_options(kind, raw, check_ctx)
@@ -263,26 +224,28 @@ def _add_job_routes(app: FastAPI, runs_dir: Path, queue: JobQueue, available: se
 
     @app.get("/api/jobs")
     def list_jobs(status: str | None = None) -> dict:
+        if status is not None and status not in JOB_STATUSES:
+            raise UserError(f"status: unknown job status '{status[:60]}'; valid: {', '.join(JOB_STATUSES)}")
         return {"jobs": [_job_json(j) for j in queue.list(status)]}
 
     @app.get("/api/jobs/{job_id}")
-    def get_job(job_id: int) -> dict:
+    def get_job(job_id: JobId) -> dict:
         return _job_json(job_of(job_id))
 
     @app.post("/api/jobs/{job_id}/cancel")
-    def cancel_job(job_id: int) -> dict:
+    def cancel_job(job_id: JobId) -> dict:
         job_of(job_id)
         return _job_json(queue.cancel(job_id))
 
     @app.get("/api/jobs/{job_id}/output")
-    def job_output(job_id: int) -> PlainTextResponse:
+    def job_output(job_id: JobId) -> PlainTextResponse:
         job_of(job_id)
         path = job_output_path(runs_dir, job_id)
         text = path.read_text(errors="replace")[-MAX_OUTPUT_CHARS:] if path.is_file() else ""
         return PlainTextResponse(text)
 
     @app.get("/api/jobs/{job_id}/stream")
-    def stream_job(job_id: int, request: Request, since: int = 0):
+    def stream_job(job_id: JobId, request: Request, since: int = 0):
         job_of(job_id)
 
         def status() -> dict | None:
@@ -300,7 +263,7 @@ def _add_job_routes(app: FastAPI, runs_dir: Path, queue: JobQueue, available: se
 def _resume_point(request: Request, since: int) -> int:
     """An EventSource reconnecting sends the last event id it saw; continue after it."""
     last = request.headers.get("last-event-id", "")
-    return int(last) + 1 if last.isdigit() else max(since, 0)
+    return int(last) + 1 if last.isascii() and last.isdigit() and len(last) < 19 else max(since, 0)
 
 
 def _sse(events) -> StreamingResponse:

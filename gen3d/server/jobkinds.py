@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gen3d.errors import UserError
 from gen3d.io import slugify
+from gen3d.models.prior import PRIORS
 from gen3d.pipelines.kinds import KINDS, JobKind, Param
 from gen3d.server import runs
 from gen3d.server.uploads import Upload, check_image_bytes, check_image_file
@@ -65,8 +66,11 @@ class FormKind:
 
 @dataclass(frozen=True)
 class CheckContext:
+    """Where options are checked: relative paths start at `cwd`; files must lie inside `roots`."""
+
     runs_dir: Path
     cwd: Path
+    roots: tuple[Path, ...] = ()
 
 
 def _fail(option: Option, problem: str) -> UserError:
@@ -84,12 +88,18 @@ def _check_str(option: Option, value, ctx: CheckContext) -> str:
 def _check_name(option: Option, value, ctx: CheckContext) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise _fail(option, "must be a name of lower-case letters, digits, '.', '_' or '-'")
+    if option.name == "prior" and value not in PRIORS:  # the one name with a registry to check it against
+        raise _fail(option, f"unknown prior '{value}'; valid: {', '.join(PRIORS)}")
     return value
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _number_in_range(option: Option, value: float) -> None:
     if (option.low is not None and value < option.low) or (option.high is not None and value > option.high):
-        raise _fail(option, f"must be between {option.low:g} and {option.high:g}")
+        raise _fail(option, f"must be between {_plain(option.low)} and {_plain(option.high)}")
 
 
 def _check_int(option: Option, value, ctx: CheckContext) -> int:
@@ -131,13 +141,33 @@ def _check_overrides(option: Option, value, ctx: CheckContext) -> list[str]:
     for item in value:
         if not isinstance(item, str) or len(item) > option.max_len or not _OVERRIDE.match(item):
             raise _fail(option, f"{str(item)[:60]!r} is not of the form key.sub=value")
+        setting = item.split("=", 1)[1].strip().strip("'\"")
+        if "/" in setting or "\\" in setting or setting.startswith("~"):  # a config key naming a file
+            _confine(option, _resolve(option, setting, ctx), setting, ctx)
     return value
+
+
+def _resolve(option: Option, text: str, ctx: CheckContext) -> Path:
+    try:
+        path = Path(text).expanduser()
+        return (path if path.is_absolute() else ctx.cwd / path).resolve()
+    except (RuntimeError, ValueError, OSError):  # an unknown ~user, a NUL byte, a symlink loop
+        raise _fail(option, f"{text[:200]!r} is not a usable path") from None
+
+
+def _confine(option: Option, path: Path, given: str, ctx: CheckContext) -> None:
+    """Job options may name only files inside the runs folder (uploads included), the bundled configs and
+    the folders the operator allowed (`gen3d serve --allow-path`); symlinks are resolved first."""
+    if not any(path.is_relative_to(root) for root in ctx.roots):
+        raise _fail(option, f"{given[:200]} is outside the folders this server may read "
+                            f"(the runs folder and the bundled configs; `gen3d serve --allow-path DIR` adds one)")
 
 
 def _server_path(option: Option, value, ctx: CheckContext) -> Path:
     text = _check_str(option, value, ctx)
-    path = Path(text).expanduser()
-    return (path if path.is_absolute() else ctx.cwd / path).resolve()
+    path = _resolve(option, text, ctx)
+    _confine(option, path, text, ctx)
+    return path
 
 
 def _check_scene(option: Option, value, ctx: CheckContext) -> str:
@@ -170,9 +200,13 @@ def _check_run(option: Option, value, ctx: CheckContext) -> str:
     if not isinstance(value, str) or not runs.is_run_id(value):
         raise _fail(option, "must be the id of a run folder")
     try:
-        runs.run_dir(ctx.runs_dir, value)
+        status = runs.read_manifest(runs.run_dir(ctx.runs_dir, value)).get("status")
     except runs.RunNotFound:
         raise _fail(option, f"no run '{value}' in {ctx.runs_dir}") from None
+    except UserError as exc:
+        raise _fail(option, str(exc)) from None
+    if status == "done":  # as `gen3d resume` would say, but before a job is queued
+        raise _fail(option, f"run '{value}' is already done; nothing to resume")
     return value
 
 

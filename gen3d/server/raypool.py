@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
 from gen3d.batch.backends import connect_ray
 from gen3d.io import atomic_write_bytes
-from gen3d.server.jobqueue import JobQueue
+from gen3d.server.jobqueue import STALE_AFTER_S, JobQueue
 from gen3d.server.launcher import recover
 from gen3d.server.worker import POLL_S, STOP_GRACE_S, Worker
 
@@ -25,19 +26,34 @@ STOP_S = STOP_GRACE_S + 10.0
 SESSION_FILE = Path(".gen3d-server") / "ray-session"  # on the shared file system, like the queue
 
 
+# A server that has not touched its session file for this long is gone; generous, since a shared file
+# system may cache file attributes for up to a minute.
+SESSION_STALE_S = 4 * STALE_AFTER_S
+
+
 class RayWorker(Worker):
     """A worker inside a Ray task: it stops its job (at a checkpoint, as on SIGTERM) when the server that
-    handed it the job is gone, i.e. when that server's session file no longer holds `session`."""
+    handed it the job is gone: its session file no longer holds `session`, or (a server killed outright
+    leaves the file behind) nobody has touched the file for SESSION_STALE_S. Staleness is timed on this
+    node's own clock, from the last change of the file's mtime it saw, so clock skew between nodes and
+    the file server does not matter."""
 
-    def __init__(self, runs_dir: Path, session: str):
+    def __init__(self, runs_dir: Path, session: str, stale_s: float = SESSION_STALE_S):
         super().__init__(runs_dir)
-        self.session = session
+        self.session, self.stale_s = session, stale_s
+        self.seen: tuple[float, float] | None = None  # (file mtime, monotonic time it was first seen)
 
     def orphaned(self) -> bool:
+        path = self.runs_dir / SESSION_FILE
         try:
-            return (self.runs_dir / SESSION_FILE).read_text() != self.session
+            if path.read_text() != self.session:
+                return True
+            mtime = path.stat().st_mtime
         except OSError:
             return True
+        if self.seen is None or self.seen[0] != mtime:
+            self.seen = (mtime, time.monotonic())
+        return time.monotonic() - self.seen[1] > self.stale_s
 
 
 def run_queued(runs_dir: str, session: str, job_id: int) -> str:
@@ -64,6 +80,7 @@ class RayPool:
 
     def _dispatch(self) -> None:
         while not self.stopped.wait(POLL_S):
+            os.utime(self.runs_dir / SESSION_FILE)  # alive: see RayWorker.orphaned
             recover(self.queue, self.runs_dir)
             self._collect(timeout=0)
             while len(self.running) < self.n and not self.stopped.is_set():
@@ -86,6 +103,8 @@ class RayPool:
 
     def stop(self) -> None:
         """End the session: the tasks stop their jobs at a checkpoint (interrupted); then leave Ray."""
+        if self.stopped.is_set():
+            return
         self.stopped.set()
         self.thread.join(timeout=STOP_S)
         (self.runs_dir / SESSION_FILE).unlink(missing_ok=True)

@@ -65,7 +65,10 @@ async def progress_stream(
     """Yields `progress` events, a `status` event whenever the status changes, and `end` once it is final.
 
     `status()` returns a dict with at least "status" (None: the job or run vanished, which also ends it).
+    A stream also ends, without `end`, once the server is stopping (`app.state.closing` set): an open
+    viewer tab must not hold a stopping server (the browser reconnects to the next one by itself).
     """
+    closing = getattr(request.app.state, "closing", None)
     tail = EventTail(since)
     last_status, last_sent = None, time.monotonic()
     while True:
@@ -82,7 +85,7 @@ async def progress_stream(
                 yield sse("progress", event, line)
             yield sse("end", {"status": current.get("status") if current else None})
             return
-        if await request.is_disconnected():
+        if await request.is_disconnected() or (closing is not None and closing.is_set()):
             return
         if time.monotonic() - last_sent > KEEPALIVE_S:
             yield ": keep-alive\n\n"

@@ -9,6 +9,7 @@ its parent server dies, marking it interrupted so `gen3d resume` can continue it
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -24,14 +25,15 @@ CLI = [sys.executable, "-m", "gen3d"]  # the same interpreter and package as the
 POLL_S = 0.5
 STOP_GRACE_S = 20.0  # a training step must finish and checkpoint within this
 ERROR_TAIL_CHARS = 2000
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class Worker:
-    def __init__(self, runs_dir: Path, poll_s: float = POLL_S):
+    def __init__(self, runs_dir: Path, poll_s: float = POLL_S, parent: int | None = None):
         self.runs_dir = Path(runs_dir).resolve()
         self.queue = JobQueue(self.runs_dir / QUEUE_FILE)
         self.poll_s = poll_s
-        self.parent = os.getppid()
+        self.parent = os.getppid() if parent is None else parent
         self.stopping = False
 
     def request_stop(self, signum=None, frame=None) -> None:
@@ -104,19 +106,38 @@ def _terminate(child: subprocess.Popen) -> None:
         child.wait()
 
 
+def stop_with_parent(signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send `signum` when our parent dies (Linux); False where that is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-ERROR_TAIL_CHARS:] if path.is_file() else ""
 
 
+def _parse(args: list[str]) -> tuple[Path, int | None] | None:
+    if len(args) == 1:
+        return Path(args[0]), None
+    if len(args) == 3 and args[1] == "--parent" and args[2].isdigit():
+        return Path(args[0]), int(args[2])
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m gen3d.server.worker RUNS_DIR", file=sys.stderr)
+    parsed = _parse(sys.argv[1:] if argv is None else argv)
+    if parsed is None:
+        print("usage: python -m gen3d.server.worker RUNS_DIR [--parent PID]", file=sys.stderr)
         return 2
-    worker = Worker(Path(args[0]))
+    worker = Worker(parsed[0], parent=parsed[1])
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
-    worker.serve_forever()
+    stop_with_parent(signal.SIGTERM)
+    worker.serve_forever()  # returns at once if the parent died before the line above
     return 0
 
 

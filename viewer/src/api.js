@@ -1,5 +1,14 @@
 // Talking to the gen3d server (docs/api.md) and small formatting helpers shared by both pages.
 
+// A server that needs a token prints its URL with `?token=...`; on that first page load the server keeps
+// the token as a cookie, which every later request (fetch, event stream, file link) carries by itself.
+// Take it out of the address bar so it is not bookmarked or shared by accident.
+const pageUrl = new URL(location.href);
+if (pageUrl.searchParams.has("token")) {
+  pageUrl.searchParams.delete("token");
+  history.replaceState(history.state, "", pageUrl);
+}
+
 export async function getJSON(url) {
   const response = await fetch(url, { headers: { Accept: "application/json" } });
   const body = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
