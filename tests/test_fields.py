@@ -9,7 +9,7 @@ import torch
 from gen3d.fields.encodings import (HASH_PRIMES, FrequencyConfig, FrequencyEncoding, HashGridConfig,
                                     HashGridEncoding, SphericalHarmonicsEncoding, TriplaneConfig, TriplaneEncoding,
                                     level_resolutions)
-from gen3d.fields.nerf import FieldConfig, NerfField, contract, uncontract
+from gen3d.fields.nerf import FieldConfig, NerfField, contract, perspective, perspective_box, uncontract, unperspective
 
 SMALL_HASH = HashGridConfig(levels=5, features=2, log2_table=9, base_resolution=2, max_resolution=40, backend="torch")
 
@@ -148,14 +148,52 @@ def test_tcnn_backend_falls_back_with_a_notice(monkeypatch, capsys):
 def test_field_normalize_round_trips_with_contraction():
     aabb = torch.tensor([-2.0, -1.0, 0.0, 2.0, 3.0, 1.0])
     x = torch.tensor([[0.0, 1.0, 0.5], [1.9, -0.9, 0.9], [40.0, -7.0, 3.0]])
-    for contraction in (False, True):
-        field = NerfField(FieldConfig(contraction=contraction), aabb, generator=torch.Generator().manual_seed(0))
+    for space in ("box", "contract"):
+        field = NerfField(FieldConfig(space=space), aabb, generator=torch.Generator().manual_seed(0))
         u = field.normalize(x)
         torch.testing.assert_close(field.denormalize(u), x, rtol=1e-4, atol=1e-4)
         inside = u[:2]
         assert ((inside >= 0) & (inside <= 1)).all()
-        if contraction:  # the scene box fills the middle half of [0, 1]^3; far points stay inside
+        if space == "contract":  # the scene box fills the middle half of [0, 1]^3; far points stay inside
             assert ((inside >= 0.25) & (inside <= 0.75)).all() and ((u[2] > 0) & (u[2] < 1)).all()
+
+
+def test_perspective_map_round_trips_and_keeps_lines_straight():
+    x = torch.tensor([[0.3, -0.2, -1.5], [4.0, 2.0, -8.0], [-1.0, 0.5, -100.0]])
+    w = perspective(x)
+    torch.testing.assert_close(w[:, 2], 1 / torch.tensor([1.5, 8.0, 100.0]))
+    torch.testing.assert_close(unperspective(w), x, rtol=1e-5, atol=1e-5)
+    a, b = torch.tensor([0.5, 0.2, -1.2]), torch.tensor([-2.0, 1.0, -9.0])  # a segment maps to a segment
+    on_line = perspective(a + torch.linspace(0, 1, 7)[:, None] * (b - a))
+    ends = perspective(torch.stack([a, b]))
+    direction = torch.nn.functional.normalize(ends[1] - ends[0], dim=0)
+    offsets = on_line - ends[0]
+    residual = offsets - (offsets @ direction)[:, None] * direction
+    assert residual.abs().max() < 1e-5
+
+
+def test_ndc_field_covers_every_camera_frustum_between_near_and_far():
+    """A forward-facing rig: the perspective box holds every pixel's ray from near to far, the field's
+    normalised space round-trips, and its world box holds those points too."""
+    from gen3d.cameras import Cameras, generate_rays, look_at
+
+    eyes = torch.tensor([[x, y, 0.0] for x in (-0.3, 0.3) for y in (-0.2, 0.2)])
+    c2w = torch.stack([look_at(e, e + torch.tensor([0.1 * e[0].item(), 0.0, -1.0]), up=torch.tensor([0.0, 1, 0]))
+                       for e in eyes])
+    cams = Cameras(c2w, torch.tensor(40.0), torch.tensor(40.0), torch.tensor(24.0), torch.tensor(16.0), 48, 32)
+    near, far = 1.0, 6.0
+    box = perspective_box(cams, near, far)
+    field = NerfField(FieldConfig(space="ndc"), box, generator=torch.Generator().manual_seed(0))
+    origins, dirs = (t.reshape(-1, 3) for t in generate_rays(cams))
+    depth = torch.linspace(near, far, 9)
+    cos = -(dirs * cams.c2w[:, None, :3, 2].expand(-1, 48 * 32, 3).reshape(-1, 3)).sum(-1)  # depth along each axis
+    points = (origins[:, None] + (depth[None] / cos[:, None])[..., None] * dirs[:, None]).reshape(-1, 3)
+    u = field.normalize(points)
+    assert ((u > 0) & (u < 1)).all()
+    torch.testing.assert_close(field.denormalize(u), points, rtol=1e-4, atol=1e-4)
+    world = field.world_box()
+    assert ((points >= world[0] - 1e-4) & (points <= world[1] + 1e-4)).all()
+    assert field.space == "ndc" and NerfField(FieldConfig(), box).space == "box"
 
 
 def _tcnn_importable() -> bool:

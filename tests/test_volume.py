@@ -108,6 +108,12 @@ def test_ray_box_and_growing_steps():
     assert steps[0].item() == pytest.approx(0.01, rel=1e-4)
     torch.testing.assert_close(steps[-1] / steps[-2], torch.tensor(1.05), rtol=1e-4, atol=0)
     torch.testing.assert_close(steps_between(torch.tensor(0.1), t, 0.01, 0.05), k, rtol=0, atol=1e-3)
+    # even in inverse distance: 128 steps from 1 to 6, each 1/t apart by (1 - 1/6) / 128
+    k = torch.arange(129, dtype=torch.float32)
+    t = step_distances(torch.tensor(1.0), k, 0.01, 0.0, inverse_step=(1 - 1 / 6) / 128)
+    assert t[0].item() == 1.0 and t[-1].item() == pytest.approx(6.0, rel=1e-4)
+    torch.testing.assert_close(1 / t[:-1] - 1 / t[1:], torch.full((128,), (1 - 1 / 6) / 128), rtol=1e-3, atol=0)
+    torch.testing.assert_close(steps_between(torch.tensor(1.0), t, 0.01, 0.0, (1 - 1 / 6) / 128), k, rtol=0, atol=1e-3)
 
 
 def ball(radius: float, sigma: float = 30.0, sharpness: float = 40.0):

@@ -6,7 +6,8 @@ the time each method needs to reach 20 dB on held-out pixels, against a position
 NeRF (configs/recon/baseline.yaml); the README's lego command as a job, with the exported mesh's
 PSNR (mesh_psnr) beside the field's; and the shared meshes (spot, bunny, armadillo, suzanne)
 rendered by the project's mesh renderer, reconstructed and exported as a user gets them, scored by
-mesh_psnr beside the field's PSNR and by Chamfer, normal error and F-score against the source.
+mesh_psnr beside the field's PSNR and by Chamfer, normal error and F-score against the source;
+then the real capture, the input formats and the estimates (`gen3d.bench.captures`).
 
 Budgets count wall-clock seconds. On a machine shared with other work, set
 GEN3D_BENCH_CLOCK=cpu to count this process's CPU seconds instead (run it with OMP_NUM_THREADS=1
@@ -15,7 +16,6 @@ so that CPU seconds equal the wall seconds of one dedicated core); rows report b
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from gen3d.bench.captures import estimate_rows, fern_rows, format_rows
 from gen3d.bench.report import progress
 from gen3d.cameras import Cameras, orbit
 from gen3d.config import load_config
@@ -49,12 +50,15 @@ class Plan:
     geometry_seconds: float  # training seconds of each mesh scene
     meshes: tuple[str, ...]  # shared meshes rendered as scenes, reconstructed and exported
     readme_steps: int  # steps of the README's lego job
+    capture_checkpoints: tuple[float, ...]  # training seconds at which the fern capture is scored
+    job_steps: int  # steps of each format's and each scene's job (seconds per step, estimates)
 
 
 QUICK = Plan(views=(8, 16, 30), checkpoints=(15.0, 45.0), baseline_cap=120.0, probe_every=5.0, hash_row=False,
-             geometry_seconds=45.0, meshes=("spot",), readme_steps=300)
+             geometry_seconds=45.0, meshes=("spot",), readme_steps=300, capture_checkpoints=(30.0, 90.0), job_steps=40)
 FULL = Plan(views=(8, 16, 30), checkpoints=(60.0, 180.0, 600.0), baseline_cap=1800.0, probe_every=5.0,
-            hash_row=True, geometry_seconds=180.0, meshes=tuple(MESHES), readme_steps=1000)
+            hash_row=True, geometry_seconds=180.0, meshes=tuple(MESHES), readme_steps=1000,
+            capture_checkpoints=(60.0, 180.0, 600.0), job_steps=100)
 
 
 def engine_config(name: str, aabb: Tensor | None = None, *overrides: str) -> ReconConfig:
@@ -257,9 +261,9 @@ def run(quick: bool, out_dir: Path) -> list[dict]:
     elif engine_time:
         rows.append({"method": "speed-up", "caption": f"time to {TARGET_DB:g} dB, baseline / engine",
                      "seconds": f"> {round(plan.baseline_cap / engine_time, 1)} (baseline capped)"})
-    nerfstudio = importlib.util.find_spec("nerfstudio") is not None
-    rows.append({"method": "nerfacto", "note": "not run: no nerfstudio runner yet" if nerfstudio
-                 else "skipped: nerfstudio is not installed"})
+    rows += fern_rows(plan.capture_checkpoints)
+    rows += format_rows(plan.job_steps)
+    rows += estimate_rows(plan.job_steps)
     rows.append(readme_lego_row(plan.readme_steps))
     progress("lego (README command) exported")
     for name in plan.meshes:

@@ -1,17 +1,20 @@
 """The radiance field: a density head and a (optionally view-dependent) colour head.
 
-Positions are world points; the field maps them into [0, 1]^3 itself (the scene box, or the
-contracted unbounded space), so renderers and trainers only deal in world coordinates.
+Positions are world points; the field maps them into [0, 1]^3 itself (the scene box, the
+contracted unbounded space, or the perspective space of a forward-facing capture), so renderers
+and trainers only deal in world coordinates.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from gen3d.cameras import Cameras, unproject
 from gen3d.fields.encodings import (
     EncodingConfig,
     SphericalHarmonicsEncoding,
@@ -29,7 +32,11 @@ class FieldConfig:
     color_hidden: int = 64
     view_dependent: bool = True
     sh_degree: int = 4
-    contraction: bool = False  # unbounded scenes: the aabb stays linear, all space outside squashes around it
+    # Where the grid lives. "box": the aabb, linearly; "contract" (unbounded scenes): the aabb stays
+    # linear, all space outside squashes around it; "ndc" (forward-facing captures): the aabb is in
+    # perspective coordinates (x/-z, y/-z, 1/-z) of a camera at the origin looking down -z, so cells
+    # shrink with depth like pixels do (NeRF's NDC). None: the pipeline picks from the scene (box without one).
+    space: Literal["box", "contract", "ndc"] | None = None
     density_bias: float = 0.0  # added before exp: negative values start the scene emptier
 
 
@@ -43,6 +50,30 @@ def uncontract(y: Tensor) -> Tensor:
     """Inverse of `contract` on [-2, 2]^3 (the outer shell is clamped just inside 2)."""
     mag = y.abs().amax(-1, keepdim=True).clamp(1e-6, 2 - 1e-3)
     return torch.where(mag <= 1, y, y / (mag * (2 - mag)))
+
+
+def perspective(x: Tensor) -> Tensor:
+    """World points to (x/-z, y/-z, 1/-z) of a camera at the origin looking down -z: straight lines
+    stay straight, evenly spaced values of the last coordinate are evenly spaced in inverse depth."""
+    inverse_depth = 1 / (-x[..., 2:]).clamp_min(1e-6)
+    return torch.cat([x[..., :2] * inverse_depth, inverse_depth], -1)
+
+
+def unperspective(w: Tensor) -> Tensor:
+    """Inverse of `perspective` (inverse depths clamped to be positive)."""
+    depth = 1 / w[..., 2:].clamp_min(1e-6)
+    return torch.cat([w[..., :2] * depth, -depth], -1)
+
+
+def perspective_box(cameras: Cameras, near: float, far: float, margin: float = 0.05) -> Tensor:
+    """(2, 3) box in `perspective` coordinates around every camera's view between the near and far
+    depths, grown by `margin` of its size on each side: the grid of an "ndc" field."""
+    w, h = cameras.width, cameras.height
+    pixels = torch.tensor([[0.0, 0.0], [w, 0.0], [0.0, h], [w, h], [w / 2, h / 2]], dtype=cameras.c2w.dtype)
+    points = perspective(torch.cat([unproject(pixels, depth, cameras).reshape(-1, 3) for depth in (near, far)]))
+    lo, hi = points.amin(0), points.amax(0)
+    pad = margin * (hi - lo)
+    return torch.stack([lo - pad, hi + pad]).float()
 
 
 def mlp(dims: list[int], generator: torch.Generator | None) -> nn.Sequential:
@@ -108,19 +139,36 @@ class NerfField(nn.Module):
         color_in = cfg.geo_features + (self.dir_encoding.out_dim if self.dir_encoding else 0)
         self.color_mlp = make_mlp([color_in, cfg.color_hidden, 3])
 
+    @property
+    def space(self) -> str:
+        return self.cfg.space or "box"
+
     def normalize(self, x: Tensor) -> Tensor:
         """World points to the encoding's [0, 1]^3 (the aabb fills it, or its inner half when contracting)."""
         lo, hi = self.aabb
-        if self.cfg.contraction:
+        if self.space == "contract":
             return (contract((2 * x - lo - hi) / (hi - lo)) + 2) / 4
+        if self.space == "ndc":
+            x = perspective(x)
         return (x - lo) / (hi - lo)
 
     def denormalize(self, u: Tensor) -> Tensor:
         """The encoding's [0, 1]^3 back to world points (occupancy grids live in that space)."""
         lo, hi = self.aabb
-        if self.cfg.contraction:
+        if self.space == "contract":
             return (uncontract(u * 4 - 2) * (hi - lo) + lo + hi) / 2
+        if self.space == "ndc":
+            return unperspective(lo + u * (hi - lo))
         return lo + u * (hi - lo)
+
+    def world_box(self) -> Tensor:
+        """(2, 3) world box of the modelled space where it is finite: what meshes are extracted from
+        (the aabb; the inner box of a contracted field; the frustum around a perspective box)."""
+        if self.space != "ndc":
+            return self.aabb
+        corners = torch.cartesian_prod(*torch.stack([torch.zeros(3), torch.ones(3)]).T).to(self.aabb)
+        points = self.denormalize(corners)
+        return torch.stack([points.amin(0), points.amax(0)])
 
     def encode(self, u: Tensor) -> Tensor:
         """The position encoding of normalised points (a subclass may mask levels, e.g. coarse-to-fine)."""

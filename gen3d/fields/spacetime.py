@@ -102,6 +102,7 @@ class FieldAtTime:
         self.field = field
         self.t = t
         self.aabb = field.aabb
+        self.world_box = field.world_box
 
     def _with_time(self, x: Tensor) -> Tensor:
         t = torch.as_tensor(self.t, dtype=x.dtype, device=x.device).expand(len(x))

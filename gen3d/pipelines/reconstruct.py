@@ -18,12 +18,15 @@ from pathlib import Path
 import torch
 
 from gen3d.cameras import Cameras
-from gen3d.config import from_dict
+from gen3d.config import from_dict, ranged
 from gen3d.data import Scene, Split, load_scene
+from gen3d.data.images import image_size
+from gen3d.data.readers import detect
 from gen3d.data.images import save_png
 from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
 from gen3d.export import write_mesh
+from gen3d.fields.nerf import perspective_box
 from gen3d.io import atomic_output
 from gen3d.pipelines.stages.costs import estimate_export_seconds
 from gen3d.pipelines.stages.asset import ScoringViews
@@ -35,14 +38,17 @@ from gen3d.runs.checkpoint import load_checkpoint
 from gen3d.runs.folder import read_events
 
 KIND = "reconstruct"
+SPACE_FOR_SCENE = {"bounded": "box", "unbounded": "contract", "forward_facing": "ndc"}
 
-# CPU costs on 2 cores behind the stage estimates: whole-run averages of the README's lego command
-# (default engine, 2 threads, 100x100, 1000 steps of 2048 rays: 98 s training, 0.9 s for 10 test
-# renders) on the idle 2-core machine; a machine shared with other jobs takes longer. Re-measure
-# when the engine changes.
+# CPU costs on 2 cores behind the stage estimates, re-measured when the engine changes. Object
+# scenes (a box carved to the visual hull): whole-run averages of the README's lego command
+# (100x100, 1000 steps of 2048 rays) on the idle machine. Forward-facing captures (every step of
+# every ray in occupied space): the fern capture at 504x378, per ray and step of `disparity_steps`.
 SECONDS_PER_TRAIN_RAY = 5e-5
 SECONDS_PER_RENDER_RAY = 1e-5
-NOMINAL_PIXELS = 100 * 100  # image size assumed by estimates when `data.size` is not set
+SECONDS_PER_NDC_TRAIN_SAMPLE = 2.4e-6
+SECONDS_PER_NDC_RENDER_SAMPLE = 9e-7
+NOMINAL_PIXELS = 100 * 100  # image size assumed by estimates when the scene cannot be read
 
 
 @dataclass
@@ -68,8 +74,20 @@ class EvalConfig:
 
 
 @dataclass
+class CaptureConfig:
+    """What replaces `recon.batch_rays` and `recon.optim.lr` on real captures (forward-facing and
+    unbounded scenes): their rays cross occupied space from near to far (tens of samples each,
+    against a few on a carved object), so smaller batches at a higher rate make more progress per
+    second (fern, 110 s on one thread: 2048 rays at 0.01 19.5 dB, 1024 at 0.02 21.2 dB)."""
+
+    batch_rays: int = ranged(1024, low=1)
+    lr: float = ranged(0.02, low=0.0)
+
+
+@dataclass
 class Config(DeviceSettings):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    capture: CaptureConfig = dataclasses.field(default_factory=CaptureConfig)
     recon: ReconConfig = dataclasses.field(default_factory=ReconConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluate: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -119,13 +137,24 @@ def load_data(cfg: Config, scene_path: str) -> SceneData:
 
 
 def recon_config(cfg: Config, scene: Scene) -> ReconConfig:
-    """The engine config for this scene: its box, depth range and background unless told otherwise."""
+    """The engine config for this scene: its box, depth range and background unless told otherwise;
+    the field's space from the kind of scene (`recon.field.space`: a perspective grid between the
+    capture's near and far for forward-facing captures, contracted for unbounded ones); photo
+    appearance learned (`recon.appearance`) and the `capture` settings for real captures."""
     recon = copy.deepcopy(cfg.recon)
     recon.render.background_color = list(scene.background)
     if cfg.data.scene_bounds:
         recon.render.aabb = [float(v) for v in scene.aabb.reshape(-1)]
         recon.render.near, recon.render.far = float(scene.near), float(scene.far)
-        recon.field.contraction = recon.field.contraction or scene.scene_type == "unbounded"
+        recon.field.space = recon.field.space or SPACE_FOR_SCENE[scene.scene_type]
+        if recon.field.space == "ndc":
+            box = perspective_box(scene.train.cameras, scene.near, scene.far)
+            recon.render.aabb = [float(v) for v in box.reshape(-1)]
+    capture = scene.scene_type != "bounded"
+    if recon.appearance is None:
+        recon.appearance = capture and scene.train.alpha is None
+    if capture:
+        recon.batch_rays, recon.optim.lr = cfg.capture.batch_rays, cfg.capture.lr
     return recon
 
 
@@ -172,6 +201,7 @@ def load(ctx: StageContext) -> None:
     record = {
         "format": data.scene.format,
         "scene_type": data.scene.scene_type,
+        "space": recon_config(ctx.config, data.scene).field.space or "box",
         "size": [split.cameras.width, split.cameras.height],
         "train": split.names,
         "holdout": data.holdout.names if data.holdout is not None else [],
@@ -273,20 +303,57 @@ def export(ctx: StageContext) -> None:
 
 # --- estimates ---------------------------------------------------------------------------------
 
-def _pixels(cfg: Config) -> int:
-    return cfg.data.size[0] * cfg.data.size[1] if cfg.data.size else NOMINAL_PIXELS
+@dataclass
+class SceneOutline:
+    """What the estimates know of a scene before it is loaded: its metadata and one image header."""
+
+    space: str = "box"
+    pixels: int = NOMINAL_PIXELS
+    scored_views: int = 10
+
+
+def scene_outline(cfg: Config, scene_path: str) -> SceneOutline:
+    """The field's space, the image size and the number of scored views of the run's scene (the
+    nominal outline when the scene cannot be read: loading it will say why)."""
+    try:
+        root, reader = detect(Path(scene_path))
+        source = reader(root, cfg.data.downscale, "auto")
+        width, height = image_size(source.train.paths[0])
+    except (UserError, OSError, ValueError):
+        return SceneOutline()
+    if cfg.data.size:
+        width, height = cfg.data.size
+    else:
+        width, height = (max(1, round(v / source.train.factor)) for v in (width, height))
+    space = cfg.recon.field.space or (SPACE_FOR_SCENE[source.scene_type] if cfg.data.scene_bounds else "box")
+    train = len(source.train.paths)
+    held_out = len(source.test.paths) if source.test else max(train - (cfg.data.views or train), 0)
+    scored = min(held_out or train, cfg.evaluate.max_views or held_out or train)
+    return SceneOutline(space, width * height, scored)
+
+
+def _ray_seconds(cfg: Config, outline: SceneOutline) -> tuple[int, float, float]:
+    """Rays per training step, seconds per training ray and per rendered ray."""
+    rays = cfg.recon.batch_rays if outline.space == "box" else cfg.capture.batch_rays
+    if outline.space == "ndc":
+        steps = cfg.recon.render.disparity_steps
+        return rays, steps * SECONDS_PER_NDC_TRAIN_SAMPLE, steps * SECONDS_PER_NDC_RENDER_SAMPLE
+    return rays, SECONDS_PER_TRAIN_RAY, SECONDS_PER_RENDER_RAY
 
 
 def estimate_train(job: Job) -> float:
     cfg: Config = job.config
+    outline = scene_outline(cfg, job.inputs["scene"])
+    rays, train_ray, render_ray = _ray_seconds(cfg, outline)
     evals = cfg.recon.steps // max(cfg.train.eval_every, 1) + 1
-    return (cfg.recon.steps * cfg.recon.batch_rays * SECONDS_PER_TRAIN_RAY
-            + evals * cfg.train.eval_views * _pixels(cfg) * SECONDS_PER_RENDER_RAY)
+    return (cfg.recon.steps * rays * train_ray
+            + evals * min(cfg.train.eval_views, outline.scored_views) * outline.pixels * render_ray)
 
 
 def estimate_evaluate(job: Job) -> float:
     cfg: Config = job.config
-    return (cfg.evaluate.max_views or 10) * _pixels(cfg) * SECONDS_PER_RENDER_RAY
+    outline = scene_outline(cfg, job.inputs["scene"])
+    return outline.scored_views * outline.pixels * _ray_seconds(cfg, outline)[2]
 
 
 def estimate_export(job: Job) -> float:

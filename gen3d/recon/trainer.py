@@ -23,6 +23,7 @@ from gen3d.device import active_device
 from gen3d.errors import UserError
 from gen3d.fields.nerf import FieldConfig, NerfField
 from gen3d.fields.spacetime import SpacetimeConfig, SpacetimeField
+from gen3d.recon.appearance import PhotoAppearance
 from gen3d.recon.hull import visual_hull
 from gen3d.recon.metrics import psnr, ssim
 from gen3d.render.volume import RadianceField, RenderConfig, VolumeRenderer
@@ -47,6 +48,9 @@ class ReconConfig:
     mask_loss_weight: float = ranged(0.0, low=0.0)  # weight of (opacity - alpha)^2 where images carry alpha
     render_chunk: int = ranged(16384, low=1)  # rays per chunk when rendering whole images
     threads: int = ranged(2, low=0)  # torch CPU threads (0: leave as is)
+    # Learn each photo's exposure and white balance (`gen3d.recon.appearance`); None: the pipeline
+    # decides (reconstruct: on for real captures, i.e. scenes without alpha that are not bounded objects).
+    appearance: bool | None = None
 
 
 def pixel_rays(cams: Cameras, view: Tensor, i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,8 +136,11 @@ class ReconTrainer:
         aabb, device = torch.tensor(cfg.render.aabb), torch.device(active_device() if device is None else device)
         self.field = (NerfField(cfg.field, aabb, generator=self.generator, device=device) if self.times is None
                       else SpacetimeField(cfg.field, cfg.spacetime, aabb, generator=self.generator, device=device))
-        self.renderer = VolumeRenderer(cfg.render, contraction=cfg.field.contraction)
+        self.renderer = VolumeRenderer(cfg.render, space=self.field.space)
+        self.appearance = PhotoAppearance(len(cameras)) if cfg.appearance else None
         self.model = nn.ModuleDict({"field": self.field, "renderer": self.renderer})
+        if self.appearance is not None:
+            self.model["appearance"] = self.appearance
         self.step_count = 0
         if self.has_alpha and self.renderer.occupancy is not None and cfg.render.occupancy.carve:
             self._carve_occupancy()
@@ -159,7 +166,7 @@ class ReconTrainer:
         each other's object away."""
         grid = self.renderer.occupancy
         centers = self.field.denormalize(grid.cell_centers())
-        half_diagonal = 0.5 * 3**0.5 * ((self.field.aabb[1] - self.field.aabb[0]).max().item() / grid.cfg.resolution)
+        half_diagonal = 0.5 * 3**0.5 * ((self.field.world_box()[1] - self.field.world_box()[0]).max().item() / grid.cfg.resolution)
         if self.times is None:
             grid.restrict(visual_hull(centers, half_diagonal, self.cameras, self.alpha[..., 0]))
             return
@@ -193,9 +200,11 @@ class ReconTrainer:
         out = self.renderer.render_rays(self.field, origins, dirs, background, generator=self.generator,
                                         times=None if self.times is None else self.times[view])
         ray_weights = self.view_weights[view]
-        sq_err = (out["rgb"] - target).square().mean(-1)
-        rgb_loss = (ray_weights * sq_err).sum() / ray_weights.sum()
-        loss = rgb_loss
+        rgb = out["rgb"] if self.appearance is None else self.appearance(out["rgb"], view)
+        sq_err = (rgb - target).square().mean(-1)
+        loss = (ray_weights * sq_err).sum() / ray_weights.sum()
+        if self.appearance is not None:
+            loss = loss + self.appearance.penalty()
         if self.has_alpha and self.cfg.mask_loss_weight > 0:
             mask_err = (out["opacity"] - coverage[:, 0]).square()
             loss = loss + self.cfg.mask_loss_weight * (ray_weights * mask_err).sum() / ray_weights.sum()

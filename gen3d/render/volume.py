@@ -1,6 +1,7 @@
 """Volume rendering of radiance fields with occupancy-grid empty-space skipping.
 
-Rays march in fixed steps (or steps growing with distance, `cone_angle`, for unbounded scenes);
+Rays march in fixed steps (or steps growing with distance, `cone_angle`, for unbounded scenes, or
+even in inverse depth for forward-facing captures);
 only steps whose occupancy-grid cell is occupied reach the field, packed into one flat batch
 with their ray index, so a CPU spends its time in occupied space. Compositing is a per-ray
 exclusive cumulative sum on the packed samples. At render time rays march in chunks of steps
@@ -47,6 +48,7 @@ class RenderConfig:
     early_stop: float = 1e-4  # a ray stops when its transmittance drops below this (0: never)
     train_early_stop: bool = True  # training: drop samples behind opaque surfaces after a no-grad density pass
     chunk_steps: int = 48  # render time: steps marched between early-stop checks
+    disparity_steps: int = 64  # fields in "ndc" space: steps per ray, even in inverse depth from near to far
 
 
 class RadianceField(Protocol):
@@ -78,12 +80,15 @@ def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tenso
     return torch.minimum(t0, t1).amax(-1), torch.maximum(t0, t1).amin(-1)
 
 
-def step_distances(t_start: Tensor, k: Tensor, step: float, cone: float) -> Tensor:
+def step_distances(t_start: Tensor, k: Tensor, step: float, cone: float, inverse_step: float = 0.0) -> Tensor:
     """Distance of (fractional) step index k along rays starting at t_start.
 
     Steps are `step` long until t * cone exceeds `step`, then grow geometrically by (1 + cone):
-    a closed form, so all steps of all rays are computed at once.
+    a closed form, so all steps of all rays are computed at once. `inverse_step` > 0: steps are
+    even in inverse distance instead (1/t falls by it per step; past infinity t is huge).
     """
+    if inverse_step > 0:
+        return 1 / (1 / t_start - k * inverse_step).clamp_min(1e-9)
     if cone <= 0:
         return t_start + k * step
     t_switch = step / cone
@@ -94,8 +99,10 @@ def step_distances(t_start: Tensor, k: Tensor, step: float, cone: float) -> Tens
     return torch.where(k < k_switch, linear, geometric)
 
 
-def steps_between(t_start: Tensor, t_end: Tensor, step: float, cone: float) -> Tensor:
+def steps_between(t_start: Tensor, t_end: Tensor, step: float, cone: float, inverse_step: float = 0.0) -> Tensor:
     """Inverse of `step_distances`: the (fractional) step index at which rays reach t_end."""
+    if inverse_step > 0:
+        return (1 / t_start - 1 / t_end) / inverse_step
     if cone <= 0:
         return (t_end - t_start) / step
     k_switch = ((step / cone - t_start) / step).clamp_min(0).ceil()
@@ -223,10 +230,13 @@ class VolumeRenderer(nn.Module):
     chunks with transmittance early stop.
     """
 
-    def __init__(self, cfg: RenderConfig, contraction: bool = False):
+    def __init__(self, cfg: RenderConfig, space: str = "box"):
+        """`space`: the field's (`FieldConfig.space`). Outside "box" rays march from near to far
+        (the field covers all of it), in "ndc" space with steps even in inverse depth."""
         super().__init__()
         self.cfg = cfg
-        self.contraction = contraction
+        self.space = space
+        self.inverse_step = (1 / cfg.near - 1 / cfg.far) / cfg.disparity_steps if space == "ndc" else 0.0
         self.register_buffer("aabb", torch.tensor(cfg.aabb, dtype=torch.float32).reshape(2, 3), persistent=False)
         self.occupancy = OccupancyGrid(cfg.occupancy) if cfg.occupancy.enabled else None
         self.background = Background(cfg)
@@ -252,12 +262,16 @@ class VolumeRenderer(nn.Module):
 
     def _march_box(self, field: RadianceField) -> Tensor | None:
         """World box rays are clipped to: the occupied cells' bounds, or the scene box."""
-        if self.contraction:
+        if self.space != "box":
             return None
         if self.occupancy is None:
             return self.aabb
         u = self.occupancy.bounds()
         return field.denormalize(u)
+
+    def _spacing(self) -> tuple[float, float, float]:
+        """`step_distances`' spacing arguments."""
+        return self.cfg.step_size, self.cfg.cone_angle, self.inverse_step
 
     def render_rays(self, field: RadianceField, origins: Tensor, dirs: Tensor, background: Tensor,
                     generator: torch.Generator | None = None, normals: bool = False,
@@ -284,10 +298,10 @@ class VolumeRenderer(nn.Module):
             out["normals"] = torch.zeros(n, 3, device=dev)
         log_t = torch.zeros(n, device=dev)
         hit = t_far > t_near
-        needed = steps_between(t_near[hit], t_far[hit], cfg.step_size, cfg.cone_angle).max().item() + 1 if hit.any() else 0
+        needed = steps_between(t_near[hit], t_far[hit], *self._spacing()).max().item() + 1 if hit.any() else 0
         total_steps = min(cfg.max_steps, math.ceil(needed))
-        chunk = total_steps if training or cfg.early_stop <= 0 else cfg.chunk_steps
         alive = hit.nonzero()[:, 0]
+        chunk = total_steps if training or cfg.early_stop <= 0 else cfg.chunk_steps
         for k0 in range(0, total_steps, max(chunk, 1)):
             if len(alive) == 0:
                 break
@@ -304,7 +318,7 @@ class VolumeRenderer(nn.Module):
         """March steps [k0, k0 + k_count) of `rays`, accumulating into `out` and `log_t` in place."""
         cfg = self.cfg
         k = torch.arange(k0, k0 + k_count, dtype=torch.float32, device=jitter.device)[None] + jitter[rays, None]
-        t = step_distances(t_near[rays, None], k, cfg.step_size, cfg.cone_angle)
+        t = step_distances(t_near[rays, None], k, *self._spacing())
         keep = t < t_far[rays, None]
         if self.occupancy is not None:
             pos = origins[rays, None] + t[..., None] * dirs[rays, None]
@@ -314,13 +328,18 @@ class VolumeRenderer(nn.Module):
             return
         ray = rays[local]
         t_s = t[local, step_idx]
-        t_next = step_distances(t_near[ray], k[local, step_idx] + 1, cfg.step_size, cfg.cone_angle)
+        t_next = step_distances(t_near[ray], k[local, step_idx] + 1, *self._spacing())
         delta = t_next - t_s
         d = dirs[ray]
         x = origins[ray] + t_s[:, None] * d
         if torch.is_grad_enabled() and cfg.train_early_stop and cfg.early_stop > 0:
             local, ray, t_s, delta, d, x = self._visible(at_ray_times(field, times, ray), x, delta, local, len(rays),
                                                           log_t[rays], (local, ray, t_s, delta, d, x))
+        self._shade(field, rays, local, ray, t_s, delta, d, x, log_t, out, normals, times)
+
+    def _shade(self, field, rays, local, ray, t_s, delta, d, x, log_t, out, normals, times):
+        """Composite packed samples (sorted by ray, front to back) of `rays` into `out` and `log_t`."""
+        cfg = self.cfg
         field = at_ray_times(field, times, ray)
         if normals:
             x = x.detach().requires_grad_(True)

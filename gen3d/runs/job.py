@@ -42,7 +42,8 @@ class StopRequested(KeyboardInterrupt):
 @dataclass(frozen=True)
 class Stage:
     """One step of a job. `run` does the work; `estimate_seconds` predicts it from the job alone
-    (config and inputs, no files read) so estimates can be shown before anything starts."""
+    (config and inputs; at most a scene's metadata, no image decoded) so estimates can be shown
+    before anything starts."""
 
     name: str
     run: Callable[[StageContext], None]

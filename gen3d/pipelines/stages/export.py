@@ -129,7 +129,7 @@ def field_mesh(field: NerfField, cfg: ExportConfig, resolution: int,
         return torch.cat([field.density(points[s:s + chunk].to(field.aabb.device)).cpu()
                           for s in range(0, len(points), chunk)])
 
-    aabb = field.aabb.cpu()  # meshes are made on the CPU wherever the field runs
+    aabb = field.world_box().cpu()  # meshes are made on the CPU wherever the field runs
     grid = checked_density_grid(density, aabb, resolution)
     solidify = None if cfg.solidify < 0 else cfg.solidify
     if cfg.auto_threshold and views is not None and views.opacity is not None:
@@ -147,7 +147,7 @@ def field_asset(field: NerfField, cfg: ExportConfig, resolution: int, views: Sco
     `photo_cameras`: the cameras the field was trained from, to colour a view-dependent field as
     those photos saw each point."""
     mesh, threshold = field_mesh(field, cfg, resolution, views)
-    source = field_color_source(field, reach_for(field.aabb.cpu(), resolution, cfg.color_reach), mesh, photo_cameras)
+    source = field_color_source(field, reach_for(field.world_box().cpu(), resolution, cfg.color_reach), mesh, photo_cameras)
     texture = cfg.texture if texture is None else texture
     return mesh_asset(mesh, source, texture, texture_size_for(mesh, cfg.texture_size, views), threshold)
 
