@@ -47,7 +47,7 @@ class RenderConfig:
     min_weight: float = 1e-4  # samples with a smaller compositing weight skip the colour network
     early_stop: float = 1e-4  # a ray stops when its transmittance drops below this (0: never)
     train_early_stop: bool = True  # training: drop samples behind opaque surfaces after a no-grad density pass
-    chunk_steps: int = 48  # render time: steps marched between early-stop checks
+    chunk_steps: int = 8  # render time: steps marched between early-stop checks (fern: half the time of 48)
     disparity_steps: int = 64  # fields in "ndc" space: steps per ray, even in inverse depth from near to far
 
 
