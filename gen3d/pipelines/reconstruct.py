@@ -82,6 +82,9 @@ class CaptureConfig:
 
     batch_rays: int = ranged(1024, low=1)
     lr: float = ranged(0.02, low=0.0)
+    # Texture the GLB of a capture too (`export.texture`)? A whole scene's surface bakes millions of
+    # texels through the field (fern: over ten minutes); its vertex colours take seconds.
+    texture: bool = False
 
 
 @dataclass
@@ -295,9 +298,15 @@ def photo_cameras(cfg: Config, data: SceneData) -> Cameras | None:
     return data.train.cameras if recon_config(cfg, data.scene).field.view_dependent else None
 
 
+def export_config(cfg: Config, scene: Scene) -> ExportConfig:
+    """`cfg.export`, untextured for real captures unless `capture.texture`."""
+    textured = cfg.export.texture and (scene.scene_type == "bounded" or cfg.capture.texture)
+    return dataclasses.replace(cfg.export, texture=textured)
+
+
 def export(ctx: StageContext) -> None:
     trainer, data = trained_engine(ctx), scene_data(ctx)
-    export_field(ctx, trainer.field, ctx.config.export, scoring_views(ctx.config, data, trainer),
+    export_field(ctx, trainer.field, export_config(ctx.config, data.scene), scoring_views(ctx.config, data, trainer),
                  photo_cameras(ctx.config, data))
 
 
@@ -310,6 +319,7 @@ class SceneOutline:
     space: str = "box"
     pixels: int = NOMINAL_PIXELS
     scored_views: int = 10
+    capture: bool = False  # a real capture (not a bounded object)
 
 
 def scene_outline(cfg: Config, scene_path: str) -> SceneOutline:
@@ -329,12 +339,12 @@ def scene_outline(cfg: Config, scene_path: str) -> SceneOutline:
     train = len(source.train.paths)
     held_out = len(source.test.paths) if source.test else max(train - (cfg.data.views or train), 0)
     scored = min(held_out or train, cfg.evaluate.max_views or held_out or train)
-    return SceneOutline(space, width * height, scored)
+    return SceneOutline(space, width * height, scored, source.scene_type != "bounded")
 
 
 def _ray_seconds(cfg: Config, outline: SceneOutline) -> tuple[int, float, float]:
     """Rays per training step, seconds per training ray and per rendered ray."""
-    rays = cfg.recon.batch_rays if outline.space == "box" else cfg.capture.batch_rays
+    rays = cfg.capture.batch_rays if outline.capture else cfg.recon.batch_rays
     if outline.space == "ndc":
         steps = cfg.recon.render.disparity_steps
         return rays, steps * SECONDS_PER_NDC_TRAIN_SAMPLE, steps * SECONDS_PER_NDC_RENDER_SAMPLE
@@ -357,7 +367,9 @@ def estimate_evaluate(job: Job) -> float:
 
 
 def estimate_export(job: Job) -> float:
-    return estimate_export_seconds(job.config.export)
+    cfg: Config = job.config
+    textured = cfg.export.texture and (not scene_outline(cfg, job.inputs["scene"]).capture or cfg.capture.texture)
+    return estimate_export_seconds(dataclasses.replace(cfg.export, texture=textured))
 
 
 def build_job(config: Config, inputs: dict, seed: int) -> Job:
@@ -379,8 +391,9 @@ def export_mesh(run: RunFolder, fmt: str, resolution: int | None, config_type: t
     data = load_data(cfg, run.manifest["inputs"]["scene"])
     trainer = restored_trainer(cfg, data, ckpt.state)
     resolution = resolution or cfg.export.resolution
-    asset = field_asset(trainer.field, cfg.export, resolution, scoring_views(cfg, data, trainer),
-                        texture=cfg.export.texture and fmt == "glb", photo_cameras=photo_cameras(cfg, data))
+    export_cfg = export_config(cfg, data.scene)
+    asset = field_asset(trainer.field, export_cfg, resolution, scoring_views(cfg, data, trainer),
+                        texture=export_cfg.texture and fmt == "glb", photo_cameras=photo_cameras(cfg, data))
     path = write_mesh(asset.primary, run.path / "export" / f"mesh-{resolution}.{fmt}")
     run.add_artifact(path, "mesh", "export", format=fmt, up="y" if fmt == "glb" else "z", resolution=resolution)
     return path
