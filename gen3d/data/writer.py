@@ -22,6 +22,7 @@ from torch import Tensor
 from gen3d.cameras import Cameras
 from gen3d.data.scene import Scene, Split
 from gen3d.errors import UserError
+from gen3d.io import shared_mode
 
 
 def _file_name(name: str, index: int) -> str:
@@ -82,7 +83,7 @@ def write_nerfstudio(scene: Scene, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
+        tmp.chmod(shared_mode(folder=True))  # mkdtemp makes it private; the dataset is an ordinary folder
         train = _frames(scene.train, scene.background, tmp, 0, shared)
         test = [] if scene.test is None else _frames(scene.test, scene.background, tmp, len(train), shared)
         meta = {"camera_model": "OPENCV", "w": cameras.width, "h": cameras.height}
