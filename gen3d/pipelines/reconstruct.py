@@ -23,11 +23,11 @@ from gen3d.data import Scene, Split, load_scene
 from gen3d.data.images import save_png
 from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
-from gen3d.export import write_mesh
 from gen3d.io import atomic_output
 from gen3d.pipelines.stages.costs import estimate_export_seconds
 from gen3d.pipelines.stages.asset import ScoringViews
 from gen3d.pipelines.stages.export import ExportConfig, export_field, field_asset
+from gen3d.pipelines.stages.reexport import write_export
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.recon.trainer import composite_onto
 from gen3d.runs import Job, RunFolder, Stage, StageContext
@@ -314,6 +314,4 @@ def export_mesh(run: RunFolder, fmt: str, resolution: int | None, config_type: t
     resolution = resolution or cfg.export.resolution
     asset = field_asset(trainer.field, cfg.export, resolution, scoring_views(cfg, data, trainer),
                         texture=cfg.export.texture and fmt == "glb", photo_cameras=photo_cameras(cfg, data))
-    path = write_mesh(asset.primary, run.path / "export" / f"mesh-{resolution}.{fmt}")
-    run.add_artifact(path, "mesh", "export", format=fmt, up="y" if fmt == "glb" else "z", resolution=resolution)
-    return path
+    return write_export(run, asset, fmt, run.path / "export" / f"mesh-{resolution}.{fmt}", resolution=resolution)

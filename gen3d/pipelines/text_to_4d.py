@@ -44,12 +44,13 @@ from gen3d.pipelines.stages.distill import DistillConfig, Distiller, seed_blob
 from gen3d.pipelines.stages.export import ExportConfig, field_asset, object_export_config, render_images
 from gen3d.pipelines.stages.fit import FitConfig, TrainerFactory, fit_views, object_recon_config
 from gen3d.pipelines.stages.plan import estimate_distill
+from gen3d.pipelines.stages.reexport import export_clip_meshes
 from gen3d.pipelines.stages.reload import stage_model
 from gen3d.pipelines.stages.resources import job_prior, use_threads
 from gen3d.pipelines.stages.views import load_views
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.render.mesh import ShadingConfig, render_mesh
-from gen3d.runs import Job, Stage, StageContext
+from gen3d.runs import Job, RunFolder, Stage, StageContext
 from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS, eval_cameras
 
 KIND = "text-to-4d"
@@ -306,3 +307,10 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
         raise UserError("the prompt is empty; describe a moving object, e.g. \"a red sphere bouncing\"")
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slugify(inputs["prompt"], 40, "prompt"),
                stages=stages(config, views))
+
+
+def export_mesh(run: RunFolder, fmt: str, resolution: int | None, make_trainer: TrainerFactory = _trainer) -> Path:
+    """`gen3d export`: one mesh per clip frame again from the run's checkpoint; image-to-4d passes
+    its trainer."""
+    frames = int(run.manifest["config"]["grid"]["frames"])
+    return export_clip_meshes(run, make_trainer, Distiller4D, clip_times(frames).tolist(), fmt, resolution)
