@@ -241,13 +241,15 @@ def export(ctx: StageContext, make_trainer: TrainerFactory = _trainer) -> None:
         ctx.add_artifact(path, "mesh", format="glb", up="y", frame=k, time=round(t, 6))
         meshes.append(mesh)
         ctx.event(k + 1, len(times), message=f"frame {k} meshed")
-    if meshes:
-        frames = playing_turntable(meshes, cfg.export.turntable_frames, cfg.export.turntable_size,
-                                   cfg.export.turntable_elevation)
-        if cfg.export.video:
-            ctx.add_artifact(write_video(frames, ctx.path / "turntable.mp4", fps=12), "turntable")
-        if cfg.export.gif:
-            ctx.add_artifact(write_gif(frames, ctx.path / "turntable.gif"), "turntable")
+    if not meshes:
+        raise UserError(f"no frame has a surface at export.threshold={cfg.export.threshold}; no mesh exported "
+                        "(lower it or train longer, then `gen3d resume` the run)")
+    frames = playing_turntable(meshes, cfg.export.turntable_frames, cfg.export.turntable_size,
+                               cfg.export.turntable_elevation)
+    if cfg.export.video:
+        ctx.add_artifact(write_video(frames, ctx.path / "turntable.mp4", fps=12), "turntable")
+    if cfg.export.gif:
+        ctx.add_artifact(write_gif(frames, ctx.path / "turntable.gif"), "turntable")
     cams = eval_cameras(cfg.render_size)
     for k, t in enumerate(clip_times(cfg.eval_frames).tolist()):
         out = render_images(field.at_time(t), renderer, cams)
