@@ -66,7 +66,7 @@ def test_folder_without_scene_files_says_what_was_looked_for(capsys, runs_root, 
 def test_bad_input_found_by_a_stage_leaves_no_run_folder(capsys, runs_root, tiny_scene):
     code, _, err = run_cli(capsys, "reconstruct", tiny_scene, "--views", "9", "--config", CI_CONFIG)
     assert code == 2 and one_line(err) == f"error: {tiny_scene}: asked for 9 views but the scene has 4 training frames"
-    assert list(runs_root.iterdir()) == []
+    assert not runs_root.exists()  # the validation pass found it before the runs folder was made
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -52,6 +52,7 @@ class DataConfig:
     size: list[int] | None = None  # [width, height] to resize to instead of `downscale`
     background: list[float] = dataclasses.field(default_factory=lambda: [1.0, 1.0, 1.0])
     scene_bounds: bool = True  # take aabb, near and far from the scene instead of recon.render
+    allow_outside_scene: bool = False  # read frame files that resolve outside the scene folder
 
 
 @dataclass
@@ -105,7 +106,7 @@ def load_data(cfg: Config, scene_path: str) -> SceneData:
     scene has one, else the training frames `--views` left out."""
     data = cfg.data
     options = {"downscale": data.downscale, "size": None if data.size is None else tuple(data.size),
-               "background": tuple(data.background)}
+               "background": tuple(data.background), "allow_outside": data.allow_outside_scene}
     scene = load_scene(Path(scene_path), views=data.views, **options)
     if scene.test is not None:
         return SceneData(scene, scene.test, "test split")

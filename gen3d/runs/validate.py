@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from gen3d.config import check_seed, to_dict
+from gen3d.data.readers import scan_scene
 from gen3d.errors import UserError
 from gen3d.io import blocking_file
 from gen3d.models.prior import BUNDLED_PRIORS, REAL_PRIORS, check_model_folder
 from gen3d.runs.folder import MANIFEST, runs_root
+from gen3d.shapeworld.spec import SHAPES
 
 # Counts and sizes, by the config key's last part (or its tail: "export.threshold"): inclusive
 # [low, high], None open. Wider than any useful run, narrow enough that a typo fails here.
@@ -137,8 +139,6 @@ def prior_of(cfg: Any) -> tuple[str | None, str | None]:
 
 def prompt_warning(prior: str | None, prompt: Any) -> str | None:
     """A one-line warning when a bundled prior gets a prompt naming none of the shapes it knows."""
-    from gen3d.shapeworld.spec import SHAPES
-
     if prior not in BUNDLED_PRIORS or not isinstance(prompt, str):
         return None
     words = set(re.findall(r"[a-z]+", prompt.lower()))
@@ -147,6 +147,16 @@ def prompt_warning(prior: str | None, prompt: Any) -> str | None:
     return (f"warning: the bundled prior '{prior}' knows only the ShapeWorld shapes ({', '.join(SHAPES)}) and "
             f"the prompt names none of them; for other objects use a real prior: --prior "
             f"{'/'.join(REAL_PRIORS)} --model-path DIR (docs/real-models.md)")
+
+
+def check_scene(inputs: dict, cfg: Any) -> None:
+    """A scene input parses, its frame files stay inside it and it has the views asked for (no
+    image is decoded)."""
+    if inputs.get("scene") in (None, ""):
+        return
+    data = getattr(cfg, "data", None)
+    scan_scene(Path(inputs["scene"]), downscale=getattr(data, "downscale", None), views=getattr(data, "views", None),
+               allow_outside=getattr(data, "allow_outside_scene", False))
 
 
 def _resolved(path: Path, what: str) -> Path:
@@ -193,6 +203,7 @@ def validate_job(job: Any, out: Path | None = None, root: Path | None = None, *,
     if prior is not None:
         check_model_folder(prior, model_path)
     check_input_files(job.inputs)
+    check_scene(job.inputs, cfg)
     if new_run:
         check_out(out, root)
     warning = prompt_warning(prior, job.inputs.get("prompt"))
