@@ -28,16 +28,16 @@ SEED_RANGE = (0, 2**31 - 1)
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 
-class _Loader(yaml.SafeLoader):
+class ConfigLoader(yaml.SafeLoader):
     """YAML's safe loader, reading floats in exponent form as numbers."""
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
 
 
 def load_yaml_text(text: str) -> Any:
     """Parse YAML as configs are parsed everywhere (files, `--set` values, batch specs)."""
-    return yaml.load(text, Loader=_Loader)
+    return yaml.load(text, Loader=ConfigLoader)
 
 
 def check_seed(seed: Any, where: str = "--seed") -> int:
