@@ -24,6 +24,7 @@ from gen3d.runs import (
     run_job,
     runs_root,
 )
+from gen3d.runs.checkpoint import check_checkpoints
 from gen3d.runs.folder import MANIFEST
 from gen3d.runs.lock import run_lock
 from gen3d.runs.progress import ProgressBar
@@ -139,6 +140,7 @@ def export(
     if not hasattr(module, "export_mesh"):
         raise UserError(f"{run_dir}: '{run.manifest['kind']}' runs have no mesh to export")
     with run_lock(run.path):
+        check_checkpoints(run.path)
         path = module.export_mesh(run, fmt, resolution)
         run.write_manifest()
     typer.echo(f"wrote {path}")

@@ -144,6 +144,18 @@ def check_safetensors(path: Path) -> None:
                         f"{8 + length + max(ends)})")
 
 
+def _check_real_folder(name: str, root: Path) -> None:
+    """A real prior's folder holds that prior's model, and its UNet and VAE have configs and weights."""
+    from gen3d.models.adapters import folder_prior, read_json, weights_variant
+
+    found = folder_prior(root)
+    if found != name:
+        raise UserError(f"{root}: holds a {found} model, not {name}; use --prior {found}")
+    for component in ("unet", "vae"):
+        read_json(root / component / "config.json")
+        weights_variant(root / component, "diffusers")
+
+
 def check_model_folder(name: str, model_path: str | Path | None) -> None:
     """What loading prior `name` from `model_path` needs, checked without loading a weight: a known
     name, a folder where one is needed and complete weight files, so a bad prior or folder is
@@ -161,5 +173,7 @@ def check_model_folder(name: str, model_path: str | Path | None) -> None:
         from gen3d.models.shapeworld_prior import verify_folder
 
         verify_folder(root)
+    else:
+        _check_real_folder(name, root)
     for weights in sorted(root.glob("**/*.safetensors")):
         check_safetensors(weights)
