@@ -46,6 +46,8 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "downscale": (1, 1000),
     "max_steps": (1, 10**6),
     "export.threshold": (1e-6, 1e6),
+    "background": (0.0, 1.0),
+    "background_color": (0.0, 1.0),
 }
 EVERY = (1, 10**9)  # every `*_every` key: a period in steps
 
