@@ -242,8 +242,8 @@ def export(ctx: StageContext, make_trainer: TrainerFactory = _trainer) -> None:
         meshes.append(mesh)
         ctx.event(k + 1, len(times), message=f"frame {k} meshed")
     if not meshes:
-        raise UserError(f"no frame has a surface at export.threshold={cfg.export.threshold}; no mesh exported "
-                        "(lower it or train longer, then `gen3d resume` the run)")
+        raise UserError(f"no frame has a surface at config key 'export.threshold' = {cfg.export.threshold}; "
+                        "no mesh exported (run again with a lower one or more training steps)")
     frames = playing_turntable(meshes, cfg.export.turntable_frames, cfg.export.turntable_size,
                                cfg.export.turntable_elevation)
     if cfg.export.video:

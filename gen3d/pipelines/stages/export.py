@@ -162,7 +162,7 @@ def export_field(ctx: StageContext, field: NerfField, cfg: ExportConfig,
     except UserError as exc:  # an empty or saturated field: nothing to mesh
         ctx.event(message="no surface found at export.threshold; no mesh exported")
         raise UserError(f"no mesh exported ({exc}); config key 'export.threshold' is {cfg.threshold}: "
-                        "lower it or train longer, then `gen3d resume` the run") from None
+                        "run again with a lower one or more training steps") from None
     for fmt in cfg.formats:
         path = write_mesh(asset.primary if fmt == "glb" else asset.colored, ctx.path / f"mesh.{fmt}")
         ctx.add_artifact(path, "mesh", format=fmt, up="y" if fmt == "glb" else "z",
