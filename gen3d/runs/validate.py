@@ -74,10 +74,9 @@ def check_limits(cfg: Any) -> None:
     """Every count and size of the config (list items too) inside its LIMITS."""
     for key, value in _leaves(to_dict(cfg)):
         bounds = _limit(key)
-        items = value if isinstance(value, (list, tuple)) else [value]
         if bounds is None:
             continue
-        for item in items:
+        for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 continue
             low, high = bounds
