@@ -4,7 +4,7 @@ checkpoints, run folders and job files, built once in one folder the corpus watc
 from __future__ import annotations
 
 import json
-import os
+import random
 import shutil
 from pathlib import Path
 
@@ -19,7 +19,13 @@ from gen3d.pipelines import text_to_3d
 from gen3d.runs.folder import new_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
+RANDOM_PT_FILES = 6  # random bytes fail torch's unpickler in many ways; several seeds cover more of them
 CI = ROOT / "configs" / "ci"
+
+
+def noise(n: int, seed: int = 0) -> bytes:
+    """`n` random bytes, the same every run (a corpus case must not pass by luck)."""
+    return random.Random(seed).randbytes(n)
 
 
 def write_files(root: Path, files: dict[str, bytes | str]) -> None:
@@ -60,16 +66,17 @@ def weights(root: Path) -> None:
     (root / "w").mkdir()
     save_file({"x": torch.zeros(64)}, str(root / "w" / "tiny.safetensors"))
     whole = (root / "w" / "tiny.safetensors").read_bytes()
-    write_files(root, {"w/rand.safetensors": os.urandom(4096), "w/trunc.safetensors": whole[:-100],
-                       "w/empty.safetensors": b"", "w/rand.ckpt": os.urandom(4096), "w/rand.pt": os.urandom(512)})
+    write_files(root, {"w/rand.safetensors": noise(4096), "w/trunc.safetensors": whole[:-100],
+                       "w/empty.safetensors": b"", "w/rand.ckpt": noise(4096),
+                       **{f"w/rand{k}.pt": noise(512, k) for k in range(RANDOM_PT_FILES)}})
 
 
 def model_folders(root: Path) -> None:
     m = root / "models"
     (m / "empty").mkdir(parents=True)
-    write_files(m, {"rand/unet/diffusion_pytorch_model.safetensors": os.urandom(2048),
+    write_files(m, {"rand/unet/diffusion_pytorch_model.safetensors": noise(2048),
                     "rand/unet/config.json": "{}", "rand/vae/config.json": "{}",
-                    "rand/vae/diffusion_pytorch_model.safetensors": os.urandom(2048),
+                    "rand/vae/diffusion_pytorch_model.safetensors": noise(2048),
                     "noweights/unet/config.json": "{}", "noweights/vae/config.json": "{}",
                     "badjson/unet/config.json": b"\xff\xfe{", "swnomanifest/prior.json": "{}"})
     shutil.copytree(ROOT / "gen3d" / "assets" / "priors" / "shapeworld-mv", m / "swmodified")
@@ -113,7 +120,7 @@ def scenes(root: Path) -> None:
     _mutated_scene(root, "noframes", lambda meta, folder: meta.update(frames=[]))
     _mutated_scene(root, "nofocal", lambda meta, folder: [meta.pop(k) for k in ("fl_x", "fl_y")])
     _mutated_scene(root, "missingimage", frame0("nope.png"))
-    write_files(root, {"scenes/badjson/transforms.json": "{not json", "scenes/llff/poses_bounds.npy": os.urandom(300),
+    write_files(root, {"scenes/badjson/transforms.json": "{not json", "scenes/llff/poses_bounds.npy": noise(300),
                        "scenes/binary/transforms.json": b"\xff\xfe\x00"})
     (root / "scenes" / "empty").mkdir()
 
@@ -146,8 +153,8 @@ def run_folders(root: Path) -> None:
     _run(root, "interrupted", good)
     _run(root, "done", _manifest("done"))
     _run(root, "locked", good)
-    _run(root, "truncckpt", good, ckpt=b"PK\x03\x04" + os.urandom(100))
-    _run(root, "randckpt", good, ckpt=os.urandom(300))
+    _run(root, "truncckpt", good, ckpt=b"PK\x03\x04" + noise(100))
+    _run(root, "randckpt", good, ckpt=noise(300))
     _run(root, "notjson", "{oops")
     _run(root, "binary", b"\xff\xfe\x00\x80")
     _run(root, "list", [1, 2])

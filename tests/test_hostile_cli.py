@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from hostile_fixtures import CI, ROOT, build
+from hostile_fixtures import CI, RANDOM_PT_FILES, ROOT, build
 
 from gen3d.cli import main
 
@@ -274,7 +274,8 @@ CASES: list[tuple[str, str, int, str]] = [
     ("convert-missing", "convert {T}/w/none.safetensors --from sd --out {T}/new", 2, "none.safetensors"),
     ("convert-folder", "convert {T}/dir --from sd --out {T}/new", 2, "dir"),
     ("convert-random-ckpt", "convert {T}/w/rand.ckpt --from sd --out {T}/new", 2, "rand.ckpt"),
-    ("convert-random-pt", "convert {T}/w/rand.pt --from zero123 --out {T}/new", 2, "rand.pt"),
+    *[(f"convert-random-pt-{k}", f"convert {{T}}/w/rand{k}.pt --from zero123 --out {{T}}/new", 2,
+       f"rand{k}.pt: ") for k in range(RANDOM_PT_FILES)],
     ("convert-unknown-kind", "convert {T}/w/tiny.safetensors --from nope --out {T}/new", 2, "nope"),
     ("convert-foreign-tensors", "convert {T}/w/tiny.safetensors --from sd --out {T}/new", 2, "tiny.safetensors"),
     ("convert-out-exists", "convert {T}/w/tiny.safetensors --from sd --out {T}/dir", 2, "already exists"),

@@ -167,8 +167,9 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Tensor]
         reason = str(exc).strip().splitlines()[0]
         raise UserError(f"{path}: holds pickled objects besides tensors ({reason}); "
                         "re-run with --trust-pickle only if you trust where the file came from") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # random or foreign bytes make the unpickler fail in any of many ways
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {reason})") from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
