@@ -76,10 +76,20 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
+def _type_name(tp: Any) -> str:
+    if _is_dataclass_type(tp):
+        return "a mapping of keys"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(tp, "a list" if typing.get_origin(tp) in (list, tuple) else "a value")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check and convert one YAML value to the annotated type (ints become floats, lists tuples)."""
+    optional = _unwrap_optional(tp) is not tp or tp is Any
     tp = _unwrap_optional(tp)
     if value is None:
+        if not optional:
+            raise UserError(f"config key '{where}' must not be null (it takes {_type_name(tp)})")
         return None
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):

@@ -50,6 +50,8 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "background_color": (0.0, 1.0),
 }
 EVERY = (1, 10**9)  # every `*_every` key: a period in steps
+# Lists of a fixed length, by the key's last part.
+LENGTHS = {"size": 2, "background": 3, "background_color": 3, "betas": 2}
 
 BYTES_PER_GRID_POINT = 16  # density grid, marching-cubes and solidify copies (float32)
 BYTES_PER_IMAGE_PIXEL = 64  # float32 RGBA rendered at 2x2 supersampling
@@ -71,8 +73,12 @@ def _limit(key: str) -> tuple[float | None, float | None] | None:
 
 
 def check_limits(cfg: Any) -> None:
-    """Every count and size of the config (list items too) inside its LIMITS."""
+    """Every count and size of the config (list items too) inside its LIMITS, and fixed-length
+    lists (an image size, a colour) of their LENGTHS."""
     for key, value in _leaves(to_dict(cfg)):
+        length = LENGTHS.get(key.rsplit(".", 1)[-1])
+        if length is not None and isinstance(value, (list, tuple)) and len(value) != length:
+            raise UserError(f"config key '{key}' must list {length} numbers, got {list(value)!r}")
         bounds = _limit(key)
         if bounds is None:
             continue
