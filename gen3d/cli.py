@@ -12,6 +12,7 @@ import sys
 import typer
 
 from gen3d.errors import UserError
+from gen3d.io import printable
 
 app = typer.Typer(
     name="gen3d",
@@ -52,15 +53,22 @@ def _is_usage_error(exc: Exception) -> bool:
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "show")
 
 
+def usage_line(exc: Exception) -> str:
+    """A usage error as one line naming the command and the option (click prints a boxed block)."""
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None and ctx.command_path else ""
+    return f"error: {where}{printable(exc.format_message())}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on bad input or usage, 1 on internal failure."""
     register_commands()
     args = sys.argv[1:] if argv is None else argv
     _state["verbose"] = "--verbose" in args
     try:
-        code = app(args=args, standalone_mode=False)
+        code = app(args=args, prog_name="gen3d", standalone_mode=False)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         if _state["verbose"]:
             raise
         return UserError.exit_code
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:
         if _is_usage_error(exc):  # click's (or typer's vendored click's) errors carry their exit code, 2
-            exc.show()
+            print(usage_line(exc), file=sys.stderr)
             return exc.exit_code
         if _state["verbose"]:
             raise

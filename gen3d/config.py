@@ -8,6 +8,8 @@ range, so a bad value fails at load time with the key's name instead of deep ins
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +20,32 @@ import yaml
 from gen3d.errors import UserError
 
 T = TypeVar("T")
+
+#: the seeds every job accepts, on the command line, in batch specs and through the server's API
+SEED_RANGE = (0, 2**31 - 1)
+
+# YAML 1.1 reads `1e-3` and `1e308` (no dot, or no exponent sign) as strings; they are numbers here.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading floats in exponent form as numbers."""
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML as configs are parsed everywhere (files, `--set` values, batch specs)."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
+def check_seed(seed: Any, where: str = "--seed") -> int:
+    """`seed` as an int inside SEED_RANGE, or a UserError naming `where`."""
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise UserError(f"{where} must be an integer in [{low}, {high}], got {seed!r}")
+    return seed
 
 
 def ranged(default: Any, low: float | None = None, high: float | None = None) -> Any:
@@ -48,10 +76,20 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
+def _type_name(tp: Any) -> str:
+    if _is_dataclass_type(tp):
+        return "a mapping of keys"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(tp, "a list" if typing.get_origin(tp) in (list, tuple) else "a value")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check and convert one YAML value to the annotated type (ints become floats, lists tuples)."""
+    optional = _unwrap_optional(tp) is not tp or tp is Any
     tp = _unwrap_optional(tp)
     if value is None:
+        if not optional:
+            raise UserError(f"config key '{where}' must not be null (it takes {_type_name(tp)})")
         return None
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
@@ -73,16 +111,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"config key '{where}' must be a mapping, got {value!r}")
+        _check_finite(value, where)
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise UserError(f"config key '{where}' must be true or false, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key '{where}' must be a number, got {value!r}")
+        _check_finite(value, where)
         return float(value)
     if tp is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)  # 1e3 written for an integer
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"config key '{where}' must be an integer, got {value!r}")
         return value
@@ -90,7 +132,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"config key '{where}' must be a string, got {value!r}")
         return str(value)
+    _check_finite(value, where)
     return value
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """No NaN or infinity anywhere in `value` (untyped values and mappings included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key '{where}' must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{where}[{i}]")
 
 
 def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
@@ -122,7 +177,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"--set has an empty key in '{item}'")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml_text(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -146,10 +201,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def read_yaml(path: Path) -> dict:
     """Read a YAML mapping, with a one-line error naming the file when it is not one."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a config file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_text(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the config file ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (a YAML config is UTF-8 text)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -33,6 +33,38 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where /proc says it (os.umask can only swap)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shared_mode(folder: bool = False) -> int:
+    """The mode an ordinary `open` or `mkdir` would give: 0o666 (0o777 for folders) less the umask,
+    so run folders are as shareable as the user's other files."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
+def blocking_file(path: Path) -> Path | None:
+    """The first existing non-folder among `path` and its parents (what stops making `path` a
+    folder), or None."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            return part
+    return None
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (escape sequences, newlines, bidi overrides) written as
+    escapes, so a prompt or a file name cannot repaint a terminal or break a one-line message."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
@@ -43,6 +75,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.fchmod(fd, shared_mode())  # mkstemp makes it private (0600); the result is an ordinary file
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -258,4 +258,4 @@ def test_truncated_checkpoint_is_a_user_error_naming_it(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:200])
     with pytest.raises(UserError, match=f"{ckpt}: unreadable checkpoint"):
         resume_job(RunFolder.open(run.path), toy(), echo=quiet)
-    assert read_manifest(run.path)["status"] == "failed"
+    assert read_manifest(run.path)["status"] == "interrupted"  # refused before the run was touched

@@ -4,11 +4,13 @@ reproducibility and resume, config overrides, and a mask-IoU floor with the ship
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import trimesh
 from PIL import Image
 
 from gen3d.cameras import pass_cameras
@@ -83,6 +85,17 @@ def test_mv_recon_writes_views_checkpoint_mesh_and_renders(reference):
     centres = np.asarray(record["c2w"])[:, :3, 3]
     assert np.allclose(np.linalg.norm(centres, axis=1), 2.5, atol=1e-5)  # the ShapeWorld radius
     assert torch.load(reference / "ckpt" / "fit.pt", weights_only=True)["step"] == 40
+
+
+def test_export_re_exports_a_text_to_3d_run_and_records_it(reference, tmp_path, capsys):
+    """README: `gen3d export RUN_DIR` re-exports any run's mesh (text-to-3d runs were refused)."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)  # the module's reference stays as it was
+    assert main(["export", str(run), "--format", "ply", "--resolution", "24"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {run / 'export' / 'mesh-24.ply'}"
+    entry = [a for a in read_manifest(run)["artifacts"] if a["path"].startswith("export/")]
+    assert [(a["path"], a["role"], a["up"], a["resolution"]) for a in entry] == [("export/mesh-24.ply", "mesh", "z", 24)]
+    assert len(trimesh.load(run / "export" / "mesh-24.ply", force="mesh").faces) > 0
 
 
 def test_pass_cameras_spread_each_pass_and_interleave_later_ones():

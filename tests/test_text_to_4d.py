@@ -3,6 +3,7 @@ artifact (frame GLBs, playing turntable, renders per time), and bad inputs exit 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,18 @@ def test_text_to_4d_run_writes_frames_turntable_and_renders_per_time(reference):
     grid = np.array(Image.open(out / "views.png"))
     assert grid.shape[:2] == (3 * 64, 3 * 64)  # rows = frames, columns = cameras
     assert manifest["metrics"]["frames"] == 3 and manifest["metrics"]["field_mb"] > 0
+
+
+def test_export_re_exports_one_mesh_per_frame_of_a_4d_run(reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    assert main(["export", str(run), "--format", "obj", "--resolution", "20"]) == 0
+    folder = run / "export" / "frames-20-obj"
+    assert capsys.readouterr().out.strip() == f"wrote {folder}"
+    entries = [a for a in read_manifest(run)["artifacts"] if a["path"].startswith("export/")]
+    assert [a["frame"] for a in entries] == list(range(len(entries))) and len(entries) >= 2
+    assert all(a["path"].startswith("export/frames-20-obj/") and a["up"] == "z" for a in entries)
+    assert all(len(trimesh.load(run / a["path"], force="mesh").faces) > 0 for a in entries)
 
 
 def test_run_interrupted_in_fit_resumes_to_identical_artifacts(reference, tmp_path):

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from gen3d.config import load_config
+from gen3d.config import ConfigLoader, check_seed, load_config
 from gen3d.errors import UserError
 from gen3d.io import slugify
 from gen3d.pipelines.kinds import KINDS, JobKind, job_kind, job_overrides, pipeline_module, split_values
 from gen3d.runs import Job
+from gen3d.runs.validate import validate_job
 
 DEFAULT_KIND = "text-to-3d"
 COMMON_KEYS = ("kind", "config", "set", "seed")
@@ -64,7 +65,7 @@ class _Located(dict):
     line = 0
 
 
-class _LineLoader(yaml.SafeLoader):
+class _LineLoader(ConfigLoader):  # configs' YAML: 1e-3 is a number
     pass
 
 
@@ -118,9 +119,7 @@ def _spec(entry, line: int, where: str, defaults: Defaults) -> JobSpec:
     given = {k: v for k, v in defaults.values.items() if k in names}
     given.update({k: entry[k] for k in names if entry.get(k) is not None})
     values = {name: _coerce(names[name], value, where) for name, value in given.items()}
-    seed = entry.get("seed", defaults.seed)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise UserError(f"{where}: 'seed' must be an integer, got {seed!r}")
+    seed = check_seed(entry.get("seed", defaults.seed), f"{where}: 'seed'")
     config = entry.get("config", defaults.config)
     if config is not None and not isinstance(config, str):
         raise UserError(f"{where}: 'config' must be the path of a YAML file, got {config!r}")
@@ -237,6 +236,8 @@ def build_job(spec: JobSpec) -> Job:
 def validate(spec: JobSpec, where: str) -> Job:
     """Build the job (checks inputs, options and every config key) or fail naming `where`."""
     try:
-        return build_job(spec)
+        job = build_job(spec)
+        validate_job(job, new_run=False)  # the same pass a job's own command runs
+        return job
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None

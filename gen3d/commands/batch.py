@@ -16,8 +16,9 @@ from gen3d.batch.folder import BATCH_FILE, BatchFolder
 from gen3d.batch.specs import Defaults, read_specs
 from gen3d.bench.report import format_table
 from gen3d.cli import app
+from gen3d.config import SEED_RANGE
 from gen3d.commands.jobs import EXIT_INTERRUPTED, HEADLINE_METRICS
-from gen3d.commands.options import ConfigOpt, DryRunOpt, SetOpt
+from gen3d.commands.options import ConfigOpt, DryRunOpt, SetOpt, check_output_folder
 from gen3d.errors import UserError
 from gen3d.runs import runs_root
 
@@ -69,7 +70,8 @@ def batch(
     gpus: Annotated[float, typer.Option("--gpus-per-job", min=0.0, help="GPUs each Ray task reserves.")] = 0.0,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of jobs that name none.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=SEED_RANGE[0], max=SEED_RANGE[1],
+                                      help="Seed of jobs that name none.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch summary as JSON.")] = False,
     dry: DryRunOpt = False,
 ) -> None:
@@ -83,6 +85,8 @@ def batch(
         raise UserError(f"--backend must be local or ray, got '{backend}'")
     if backend == "ray":
         import_ray()  # without ray: the one-line install hint, before anything is read or written
+    if out is not None:
+        check_output_folder(out)
     defaults = Defaults(config=None if config is None else str(config), overrides=list(set_ or []), seed=seed)
     specs = read_specs(jobs_file, defaults)
     out = out if out is not None else runs_root() / f"batch-{jobs_file.stem}"

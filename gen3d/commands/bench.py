@@ -11,6 +11,7 @@ import typer
 from gen3d.bench import BENCHMARKS
 from gen3d.bench.report import write_report
 from gen3d.cli import app
+from gen3d.commands.options import check_output_file
 from gen3d.errors import UserError
 
 
@@ -23,6 +24,8 @@ def bench(
     """Run a benchmark, print its table and optionally write the JSON report."""
     if name not in BENCHMARKS:
         raise UserError(f"unknown benchmark '{name}'; choose one of: {', '.join(sorted(BENCHMARKS))}")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
     module = importlib.import_module(BENCHMARKS[name])
     out_dir = json_path.parent if json_path is not None else Path("bench-out")
     out_dir.mkdir(parents=True, exist_ok=True)

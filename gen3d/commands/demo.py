@@ -14,7 +14,7 @@ import typer
 from PIL import Image, ImageDraw
 
 from gen3d.cli import app
-from gen3d.commands.options import SeedOpt
+from gen3d.commands.options import SeedOpt, check_output_file
 from gen3d.diffusion import CFGDenoiser, sample
 from gen3d.diffusion.toy import Mixture, toy_denoiser, train_toy
 
@@ -35,8 +35,10 @@ def scatter_panel(points: torch.Tensor, title: str, color=(30, 90, 200)) -> Imag
 
 @app.command("demo")
 def demo(out: Path = typer.Option(Path("runs/demo-samplers.png"), "--out", help="PNG to write."),
-         seed: SeedOpt = 0, train_steps: int = typer.Option(3000, "--train-steps", help="Toy training steps.")) -> None:
+         seed: SeedOpt = 0, train_steps: int = typer.Option(3000, "--train-steps", min=1, max=10**6,
+                                                          help="Toy training steps.")) -> None:
     """Train the 2-D toy prior and write a PNG of samples from each sampler and with CFG."""
+    check_output_file(out)
     mixture = Mixture()
     denoiser = train_toy(toy_denoiser(seed=seed), mixture, steps=train_steps, seed=seed)
     panels = [scatter_panel(mixture.sample(4000, torch.Generator().manual_seed(seed))[0], "data", (0, 0, 0))]

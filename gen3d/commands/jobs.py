@@ -12,6 +12,7 @@ from gen3d.bench.report import format_table
 from gen3d.cli import app
 from gen3d.config import load_config
 from gen3d.errors import UserError
+from gen3d.io import printable
 from gen3d.pipelines import job_from_manifest
 from gen3d.pipelines.kinds import job_overrides, pipeline_module
 from gen3d.runs import (
@@ -23,7 +24,11 @@ from gen3d.runs import (
     run_job,
     runs_root,
 )
+from gen3d.runs.checkpoint import check_checkpoints
+from gen3d.runs.folder import MANIFEST
+from gen3d.runs.lock import run_lock
 from gen3d.runs.progress import ProgressBar
+from gen3d.runs.validate import check_grid_memory
 
 EXIT_INTERRUPTED = 130  # the shell's convention for a run stopped by Ctrl-C / SIGTERM
 HEADLINE_METRICS = ("psnr", "ssim", "chamfer", "clip_score")
@@ -59,6 +64,17 @@ def launch_pipeline(kind: str, inputs: dict, *, config: Path | None, overrides: 
     launch_job(module.build_job(cfg, inputs, seed), out=out, dry=dry)
 
 
+def manifest_job(run: RunFolder):
+    """The job a run was started with, or a one-line error naming its manifest when it cannot be rebuilt."""
+    try:
+        return job_from_manifest(run.manifest)
+    except UserError as exc:
+        raise UserError(f"{run.path / MANIFEST}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{run.path / MANIFEST}: inputs or config do not fit a '{run.manifest['kind']}' run "
+                        f"({type(exc).__name__}: {exc})") from None
+
+
 @app.command("resume")
 def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder whose run was interrupted or failed.")]) -> None:
     """Continue an interrupted or failed run where it stopped.
@@ -67,9 +83,10 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="A run folder whose run 
     continues from its last checkpoint, so the result equals an uninterrupted run's.
     """
     run = RunFolder.open(run_dir)
+    job = manifest_job(run)
     bar = ProgressBar()
     try:
-        finish(resume_job(run, job_from_manifest(run.manifest), on_event=bar))
+        finish(resume_job(run, job, on_event=bar))
     finally:
         bar.close()
 
@@ -79,10 +96,10 @@ def _summary(run_dir: Path, manifest: dict) -> dict:
     metrics = manifest.get("metrics", {})
     shown = [f"{k}={metrics[k]:.4g}" for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float))]
     return {
-        "id": run_dir.name,
-        "kind": manifest["kind"],
+        "id": printable(run_dir.name),
+        "kind": printable(manifest["kind"]),
         "status": manifest["status"],
-        "inputs": inputs if len(inputs) <= 48 else "..." + inputs[-45:],
+        "inputs": printable(inputs if len(inputs) <= 48 else "..." + inputs[-45:]),
         "seconds": round(sum(s["seconds"] for s in manifest["stages"]), 1),
         "metrics": " ".join(shown) or "-",
     }
@@ -92,12 +109,14 @@ def _summary(run_dir: Path, manifest: dict) -> dict:
 def runs(root: Annotated[Path | None, typer.Option("--root", help="Runs folder (default: $GEN3D_RUNS or ./runs).")] = None) -> None:
     """List runs with their kind, status, inputs, duration and headline metrics."""
     root = runs_root() if root is None else root
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: not a runs folder (it is a file)")
     rows = []
     for run_dir in sorted(p for p in root.glob("*") if (p / "manifest.json").is_file()):
         try:
             rows.append(_summary(run_dir, read_manifest(run_dir)))
         except UserError as exc:
-            rows.append({"id": run_dir.name, "status": f"unreadable ({exc})"})
+            rows.append({"id": printable(run_dir.name), "status": printable(f"unreadable ({exc})")})
     typer.echo(format_table(rows) if rows else f"no runs in {root}")
 
 
@@ -107,13 +126,21 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="glb, ply or obj.")] = "glb",
     resolution: Annotated[int | None, typer.Option("--resolution", help="Marching-cubes grid size (default: the run's).")] = None,
 ) -> None:
-    """Re-export a run's mesh from its checkpoint, e.g. at a finer resolution or another format."""
+    """Re-export a run's mesh from its checkpoint, e.g. at a finer resolution or another format
+    (reconstruct, text-to-3d, image-to-3d; 4D runs: one mesh per frame)."""
     if fmt not in ("glb", "ply", "obj"):
         raise UserError(f"--format must be glb, ply or obj, got '{fmt}'")
+    if resolution is not None:
+        check_grid_memory(resolution, "--resolution")
     run = RunFolder.open(run_dir)
-    module = pipeline_module(run.manifest["kind"])
+    try:
+        module = pipeline_module(run.manifest["kind"])
+    except UserError as exc:
+        raise UserError(f"{run.path / MANIFEST}: {exc}") from None
     if not hasattr(module, "export_mesh"):
         raise UserError(f"{run_dir}: '{run.manifest['kind']}' runs have no mesh to export")
-    path = module.export_mesh(run, fmt, resolution)
-    run.write_manifest()
+    with run_lock(run.path):
+        check_checkpoints(run.path)
+        path = module.export_mesh(run, fmt, resolution)
+        run.write_manifest()
     typer.echo(f"wrote {path}")

@@ -1,8 +1,8 @@
 """Write a `Scene` as a nerfstudio dataset: PNG images plus `transforms.json`.
 
 The layout follows nerfstudio's documented format (camera_model "OPENCV", fl_x, fl_y, cx, cy,
-w, h, frames with file_path and an OpenGL transform_matrix, train_/test_filenames for the split),
-so nerfstudio reads it too. A "gen3d" block keeps near, far, aabb and scene type, which nerfstudio
+w, h, frames with file_path and an OpenGL transform_matrix, train_/val_/test_filenames for the
+split), so `ns-train` reads it as it is. A "gen3d" block keeps near, far, aabb and scene type, which nerfstudio
 ignores and `load_scene` uses, so that a written scene reads back as the same Scene.
 """
 
@@ -22,6 +22,7 @@ from torch import Tensor
 from gen3d.cameras import Cameras
 from gen3d.data.scene import Scene, Split
 from gen3d.errors import UserError
+from gen3d.io import shared_mode
 
 
 def _file_name(name: str, index: int) -> str:
@@ -66,6 +67,14 @@ def _frames(split: Split, background, folder: Path, first_index: int, shared: bo
     return frames
 
 
+def split_lists(train: list[str], held_out: list[str]) -> dict[str, list[str]]:
+    """nerfstudio's split lists: once one `*_filenames` list is given every split must be
+    ("The dataset's list of filenames for split val is missing"), and ns-train evaluates on `val`,
+    so val holds the held-out frames, or the training frames when there are none; `test` stays
+    the held-out frames (empty: gen3d reads the scene back without a test split)."""
+    return {"train_filenames": train, "val_filenames": held_out or train, "test_filenames": held_out}
+
+
 def write_nerfstudio(scene: Scene, out_dir: Path) -> Path:
     """Write `scene` into the new folder `out_dir` (built in a temporary sibling, then renamed into place)."""
     out_dir = Path(out_dir)
@@ -82,16 +91,14 @@ def write_nerfstudio(scene: Scene, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
+        tmp.chmod(shared_mode(folder=True))  # mkdtemp makes it private; the dataset is an ordinary folder
         train = _frames(scene.train, scene.background, tmp, 0, shared)
         test = [] if scene.test is None else _frames(scene.test, scene.background, tmp, len(train), shared)
         meta = {"camera_model": "OPENCV", "w": cameras.width, "h": cameras.height}
         if shared:
             meta.update(_intrinsics(cameras, 0))
         meta["frames"] = train + test
-        meta["train_filenames"] = [f["file_path"] for f in train]
-        if test:
-            meta["test_filenames"] = [f["file_path"] for f in test]
+        meta.update(split_lists([f["file_path"] for f in train], [f["file_path"] for f in test]))
         meta["gen3d"] = {
             "near": scene.near,
             "far": scene.far,

@@ -113,3 +113,67 @@ def load_prior(name: str, model_path: Path | None = None, device: str = "cpu",
     if options is not None and len(inspect.signature(loader).parameters) > 2:
         return loader(model_path, device, options)
     return loader(model_path, device)
+
+
+#: the bundled priors: text through ShapeWorld's vocabulary only
+BUNDLED_PRIORS = ("shapeworld-mv", "shapeworld-4d")
+_SAFETENSORS_HEADER_MAX = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+def check_safetensors(path: Path) -> None:
+    """A UserError naming `path` unless it is a complete safetensors file (its header parses and
+    every tensor's bytes lie inside the file), read without loading a tensor: random or truncated
+    files are refused before anything is written."""
+    import json
+    import struct
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 2 <= length <= min(_SAFETENSORS_HEADER_MAX, size - 8):
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(length))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error):
+        raise UserError(f"{path}: not a readable .safetensors file (random, truncated or foreign bytes)") from None
+    if 8 + length + max(ends, default=0) > size:
+        raise UserError(f"{path}: truncated .safetensors file ({size} bytes; its header promises "
+                        f"{8 + length + max(ends)})")
+
+
+def _check_real_folder(name: str, root: Path) -> None:
+    """A real prior's folder holds that prior's model, and its UNet and VAE have configs and weights."""
+    from gen3d.models.adapters import folder_prior, read_json, weights_variant
+
+    found = folder_prior(root)
+    if found != name:
+        raise UserError(f"{root}: holds a {found} model, not {name}; use --prior {found}")
+    for component in ("unet", "vae"):
+        read_json(root / component / "config.json")
+        weights_variant(root / component, "diffusers")
+
+
+def check_model_folder(name: str, model_path: str | Path | None) -> None:
+    """What loading prior `name` from `model_path` needs, checked without loading a weight: a known
+    name, a folder where one is needed and complete weight files, so a bad prior or folder is
+    refused before any run folder exists."""
+    if name not in PRIORS:
+        raise UserError(f"unknown prior '{name}'; choose one of: {', '.join(sorted(PRIORS))}")
+    if model_path is None:
+        if name in REAL_PRIORS:
+            raise UserError(f"--prior {name} needs --model-path DIR (a model folder; see docs/real-models.md)")
+        return
+    root = Path(model_path)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such model folder (--model-path)")
+    if name in BUNDLED_PRIORS:
+        from gen3d.models.shapeworld_prior import verify_folder
+
+        verify_folder(root)
+    else:
+        _check_real_folder(name, root)
+    for weights in sorted(root.glob("**/*.safetensors")):
+        check_safetensors(weights)

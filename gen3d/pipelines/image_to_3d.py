@@ -33,10 +33,11 @@ from gen3d.pipelines.stages.distill import DistillConfig, Distiller, run_distill
 from gen3d.pipelines.stages.export import ExportConfig, export_object, object_export_config
 from gen3d.pipelines.stages.fit import FitConfig, fit_views, object_recon_config
 from gen3d.pipelines.stages.plan import object_stages
+from gen3d.pipelines.stages.reexport import export_object_mesh
 from gen3d.pipelines.stages.resources import job_prior
 from gen3d.pipelines.stages.views import ViewsConfig, generate_views, load_views, save_views
 from gen3d.recon import ReconConfig, ReconTrainer
-from gen3d.runs import Job, StageContext
+from gen3d.runs import Job, RunFolder, StageContext
 from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS
 
 KIND = "image-to-3d"
@@ -171,3 +172,8 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
     observed_view(config, inputs, CHECK_SIZE)  # bad files fail here, before a run folder exists
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slugify(Path(inputs["image"]).stem, 40, "image"),
                stages=object_stages(config.method, views, fit, distill, export))
+
+
+def export_mesh(run: RunFolder, fmt: str, resolution: int | None) -> Path:
+    """`gen3d export`: the run's mesh again from its checkpoint (e.g. a finer grid, another format)."""
+    return export_object_mesh(run, fit_trainer, fmt, resolution)

@@ -23,7 +23,7 @@ from gen3d.pipelines import text_to_4d
 from gen3d.pipelines.image_to_3d import CHECK_SIZE, input_camera, observed_view
 from gen3d.pipelines.stages.resources import job_prior
 from gen3d.recon import ReconTrainer
-from gen3d.runs import Job, StageContext
+from gen3d.runs import Job, RunFolder, StageContext
 
 KIND = "image-to-4d"
 
@@ -64,3 +64,8 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed,
                slug=slugify(Path(inputs["image"]).stem, 40, "image"),
                stages=text_to_4d.stages(config, views, _trainer))
+
+
+def export_mesh(run: RunFolder, fmt: str, resolution: int | None) -> Path:
+    """`gen3d export`: one mesh per clip frame again from the run's checkpoint."""
+    return text_to_4d.export_mesh(run, fmt, resolution, make_trainer=_trainer)

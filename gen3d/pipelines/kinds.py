@@ -164,7 +164,7 @@ def split_values(kind: JobKind, values: dict) -> tuple[dict, dict]:
     for param in kind.options:
         value = values.get(param.name)
         if param.key is None:
-            inputs[param.name] = str(value.resolve()) if isinstance(value, Path) else value
+            inputs[param.name] = absolute(value, param.flag) if isinstance(value, Path) else value
         elif value is not None and value is not False:
             flags[param.key] = value
     return inputs, flags
@@ -173,5 +173,13 @@ def split_values(kind: JobKind, values: dict) -> tuple[dict, dict]:
 def job_overrides(overrides: list[str] | None, **flags) -> list[str]:
     """`--set` items followed by dedicated flags (`--steps 50` -> `recon.steps=50`), which win;
     path flags are made absolute, so a resumed run finds them from any directory."""
-    return list(overrides or []) + [f"{key}={value.resolve() if isinstance(value, Path) else value}"
+    return list(overrides or []) + [f"{key}={absolute(value, key) if isinstance(value, Path) else value}"
                                     for key, value in flags.items() if value is not None]
+
+
+def absolute(path: Path, where: str) -> str:
+    """`path` resolved, or a UserError naming it and `where` (a symlink loop cannot be resolved)."""
+    try:
+        return str(path.resolve())
+    except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a loop
+        raise UserError(f"{path}: {where} is a symlink loop") from None

@@ -25,12 +25,12 @@ from gen3d.data.readers import detect
 from gen3d.data.images import save_png
 from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
-from gen3d.export import write_mesh
 from gen3d.fields.nerf import perspective_box
 from gen3d.io import atomic_output
 from gen3d.pipelines.stages.costs import estimate_export_seconds
 from gen3d.pipelines.stages.asset import ScoringViews
 from gen3d.pipelines.stages.export import ExportConfig, export_field, field_asset
+from gen3d.pipelines.stages.reexport import write_export
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.recon.trainer import composite_onto
 from gen3d.runs import Job, RunFolder, Stage, StageContext
@@ -58,6 +58,7 @@ class DataConfig:
     size: list[int] | None = None  # [width, height] to resize to instead of `downscale`
     background: list[float] = dataclasses.field(default_factory=lambda: [1.0, 1.0, 1.0])
     scene_bounds: bool = True  # take aabb, near and far from the scene instead of recon.render
+    allow_outside_scene: bool = False  # read frame files that resolve outside the scene folder
 
 
 @dataclass
@@ -126,7 +127,7 @@ def load_data(cfg: Config, scene_path: str) -> SceneData:
     scene has one, else the training frames `--views` left out."""
     data = cfg.data
     options = {"downscale": data.downscale, "size": None if data.size is None else tuple(data.size),
-               "background": tuple(data.background)}
+               "background": tuple(data.background), "allow_outside": data.allow_outside_scene}
     scene = load_scene(Path(scene_path), views=data.views, **options)
     if scene.test is not None:
         return SceneData(scene, scene.test, "test split")
@@ -394,6 +395,4 @@ def export_mesh(run: RunFolder, fmt: str, resolution: int | None, config_type: t
     export_cfg = export_config(cfg, data.scene)
     asset = field_asset(trainer.field, export_cfg, resolution, scoring_views(cfg, data, trainer),
                         texture=export_cfg.texture and fmt == "glb", photo_cameras=photo_cameras(cfg, data))
-    path = write_mesh(asset.primary, run.path / "export" / f"mesh-{resolution}.{fmt}")
-    run.add_artifact(path, "mesh", "export", format=fmt, up="y" if fmt == "glb" else "z", resolution=resolution)
-    return path
+    return write_export(run, asset, fmt, run.path / "export" / f"mesh-{resolution}.{fmt}", resolution=resolution)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from gen3d.cameras import pass_cameras
@@ -26,10 +27,11 @@ from gen3d.pipelines.stages.distill import DistillConfig, Distiller, run_distill
 from gen3d.pipelines.stages.export import ExportConfig, export_object, object_export_config
 from gen3d.pipelines.stages.fit import FitConfig, fit_views, object_recon_config
 from gen3d.pipelines.stages.plan import object_stages
+from gen3d.pipelines.stages.reexport import export_object_mesh
 from gen3d.pipelines.stages.resources import job_prior, use_threads
 from gen3d.pipelines.stages.views import ViewsConfig, generate_views, load_views, save_views
 from gen3d.recon import ReconConfig, ReconTrainer
-from gen3d.runs import Job, StageContext
+from gen3d.runs import Job, RunFolder, StageContext
 from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS
 
 KIND = "text-to-3d"
@@ -88,3 +90,8 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
         raise UserError("the prompt is empty; describe the object, e.g. \"a red sphere\"")
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slugify(inputs["prompt"], 40, "prompt"),
                stages=object_stages(config.method, views, fit, distill, export))
+
+
+def export_mesh(run: RunFolder, fmt: str, resolution: int | None) -> Path:
+    """`gen3d export`: the run's mesh again from its checkpoint (e.g. a finer grid, another format)."""
+    return export_object_mesh(run, fit_trainer, fmt, resolution)

@@ -44,12 +44,13 @@ from gen3d.pipelines.stages.distill import DistillConfig, Distiller, seed_blob
 from gen3d.pipelines.stages.export import ExportConfig, field_asset, object_export_config, render_images
 from gen3d.pipelines.stages.fit import FitConfig, TrainerFactory, fit_views, object_recon_config
 from gen3d.pipelines.stages.plan import estimate_distill
+from gen3d.pipelines.stages.reexport import export_clip_meshes
 from gen3d.pipelines.stages.reload import stage_model
 from gen3d.pipelines.stages.resources import job_prior, use_threads
 from gen3d.pipelines.stages.views import load_views
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.render.mesh import ShadingConfig, render_mesh
-from gen3d.runs import Job, Stage, StageContext
+from gen3d.runs import Job, RunFolder, Stage, StageContext
 from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS, eval_cameras
 
 KIND = "text-to-4d"
@@ -240,13 +241,15 @@ def export(ctx: StageContext, make_trainer: TrainerFactory = _trainer) -> None:
         ctx.add_artifact(path, "mesh", format="glb", up="y", frame=k, time=round(t, 6))
         meshes.append(mesh)
         ctx.event(k + 1, len(times), message=f"frame {k} meshed")
-    if meshes:
-        frames = playing_turntable(meshes, cfg.export.turntable_frames, cfg.export.turntable_size,
-                                   cfg.export.turntable_elevation)
-        if cfg.export.video:
-            ctx.add_artifact(write_video(frames, ctx.path / "turntable.mp4", fps=12), "turntable")
-        if cfg.export.gif:
-            ctx.add_artifact(write_gif(frames, ctx.path / "turntable.gif"), "turntable")
+    if not meshes:
+        raise UserError(f"no frame has a surface at config key 'export.threshold' = {cfg.export.threshold}; "
+                        "no mesh exported (run again with a lower one or more training steps)")
+    frames = playing_turntable(meshes, cfg.export.turntable_frames, cfg.export.turntable_size,
+                               cfg.export.turntable_elevation)
+    if cfg.export.video:
+        ctx.add_artifact(write_video(frames, ctx.path / "turntable.mp4", fps=12), "turntable")
+    if cfg.export.gif:
+        ctx.add_artifact(write_gif(frames, ctx.path / "turntable.gif"), "turntable")
     cams = eval_cameras(cfg.render_size)
     for k, t in enumerate(clip_times(cfg.eval_frames).tolist()):
         out = render_images(field.at_time(t), renderer, cams)
@@ -306,3 +309,10 @@ def build_job(config: Config, inputs: dict, seed: int) -> Job:
         raise UserError("the prompt is empty; describe a moving object, e.g. \"a red sphere bouncing\"")
     return Job(kind=KIND, config=config, inputs=inputs, seed=seed, slug=slugify(inputs["prompt"], 40, "prompt"),
                stages=stages(config, views))
+
+
+def export_mesh(run: RunFolder, fmt: str, resolution: int | None, make_trainer: TrainerFactory = _trainer) -> Path:
+    """`gen3d export`: one mesh per clip frame again from the run's checkpoint; image-to-4d passes
+    its trainer."""
+    frames = int(run.manifest["config"]["grid"]["frames"])
+    return export_clip_meshes(run, make_trainer, Distiller4D, clip_times(frames).tolist(), fmt, resolution)

@@ -8,9 +8,9 @@ Everything is stored as tensors, ints and tuples so files load with `weights_onl
 from __future__ import annotations
 
 import io
-import pickle
 import random
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,20 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         return None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:  # truncated or foreign file
+    except Exception as exc:  # truncated or foreign bytes fail the unpickler in any of many ways
         raise UserError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+    fields = {"step": int, "state": dict, "rng": dict}
+    if not isinstance(data, dict) or any(not isinstance(data.get(k), t) for k, t in fields.items()):
+        raise UserError(f"{path}: not a gen3d stage checkpoint (needs step, state and rng)")
     return Checkpoint(step=data["step"], state=data["state"], rng=data["rng"])
+
+
+def check_checkpoints(run_path: Path) -> None:
+    """Every stage checkpoint of a run is a complete torch file (a zip whose index reads), checked
+    without unpickling it: random or truncated files are refused before a resume writes anything."""
+    for path in sorted((Path(run_path) / "ckpt").glob("*.pt")):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            raise UserError(f"{path}: unreadable checkpoint (random or truncated bytes)") from None

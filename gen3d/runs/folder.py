@@ -109,9 +109,49 @@ def read_manifest(run_dir: Path) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path}: not valid JSON") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the manifest ({exc.strerror or type(exc).__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{path}: unsupported manifest (schema_version must be {SCHEMA_VERSION})")
+    check_manifest(manifest, path)
     return manifest
+
+
+_NUMBER = (int, float)
+# The fields every reader of a manifest relies on, and their JSON types.
+MANIFEST_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "id": (str, "a string"), "kind": (str, "a string"), "status": (str, "a string"),
+    "inputs": (dict, "an object"), "seed": (int, "an integer"), "config": (dict, "an object"),
+    "num_threads": (int, "an integer"), "stages": (list, "a list"), "artifacts": (list, "a list"),
+    "metrics": (dict, "an object"),
+}
+STAGE_FIELDS = {"name": (str, "a string"), "status": (str, "a string"), "seconds": (_NUMBER, "a number"),
+                "estimated_seconds": (_NUMBER, "a number")}
+
+
+def _check_fields(record: dict, fields: dict, where: str) -> None:
+    for key, (types, description) in fields.items():
+        if key not in record:
+            raise UserError(f"{where}: field '{key}' is missing")
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise UserError(f"{where}: field '{key}' must be {description}, got {json.dumps(value)[:40]}")
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """The fields `resume`, `export` and `runs` read are there with the right types, so a damaged
+    manifest is a one-line error naming the file and the field."""
+    _check_fields(manifest, MANIFEST_FIELDS, str(path))
+    if manifest["status"] not in STATUSES:
+        raise UserError(f"{path}: field 'status' must be one of {', '.join(STATUSES)}, got {manifest['status']!r}")
+    for i, stage in enumerate(manifest["stages"]):
+        if not isinstance(stage, dict):
+            raise UserError(f"{path}: field 'stages[{i}]' must be an object")
+        _check_fields(stage, STAGE_FIELDS, f"{path}: stages[{i}]")
+        if stage["status"] not in STAGE_STATUSES:
+            raise UserError(f"{path}: field 'stages[{i}].status' must be one of {', '.join(STAGE_STATUSES)}")
+    if not all(isinstance(a, dict) and isinstance(a.get("path"), str) for a in manifest["artifacts"]):
+        raise UserError(f"{path}: field 'artifacts' must be a list of objects with a 'path'")
 
 
 def read_events(run_dir: Path) -> list[dict]:

@@ -13,6 +13,7 @@ import hashlib
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -29,8 +30,17 @@ from gen3d.config import to_dict
 from gen3d.device import activate, peak_memory_mb, reset_peak_memory, resolve_settings
 from gen3d.errors import UserError
 from gen3d.models.prior import REAL_PRIORS
-from gen3d.runs.checkpoint import Checkpoint, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from gen3d.runs.checkpoint import (
+    Checkpoint,
+    capture_rng,
+    check_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from gen3d.runs.folder import LOG, RunFolder, jsonable, new_manifest, new_run_dir, now_iso
+from gen3d.runs.lock import run_lock
+from gen3d.runs.validate import validate_job
 
 Echo = Callable[[str], None]
 
@@ -235,9 +245,15 @@ def format_plan(job: Job, estimates: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def warn(warnings: list[str]) -> None:
+    for line in warnings:
+        print(line, file=sys.stderr)
+
+
 def dry_run(job: Job, echo: Echo = print) -> None:
     """Print the resolved config as YAML and every stage's estimate; writes nothing."""
     resolve_device(job)
+    warn(validate_job(job, new_run=False))
     echo(yaml.safe_dump(jsonable(to_dict(job.config)), sort_keys=False).rstrip())
     echo(format_plan(job, job.estimates()))
 
@@ -250,6 +266,8 @@ def run_job(job: Job, out: Path | None = None, *, root: Path | None = None, echo
     the run `failed`. A run that fails on bad input before any stage finished leaves no folder.
     """
     device, precision = resolve_device(job)
+    warnings = validate_job(job, out, root)
+    warn(warnings)
     estimates = job.estimates()
     echo(format_plan(job, estimates))
     created = out is None or not Path(out).exists()
@@ -257,29 +275,36 @@ def run_job(job: Job, out: Path | None = None, *, root: Path | None = None, echo
     try:
         manifest = new_manifest(path.name, job.kind, job.inputs, job.seed, to_dict(job.config), estimates,
                                 device, precision)
+        manifest["warnings"] = warnings
         run = RunFolder.create(path, manifest)
     except BaseException:
         if created:
             shutil.rmtree(path, ignore_errors=True)
         raise
     echo(f"run folder: {run.path}")
-    return _execute(job, run, created=created, echo=echo, stop=stop, on_event=on_event)
+    with run_lock(run.path):
+        return _execute(job, run, created=created, echo=echo, stop=stop, on_event=on_event)
 
 
 def resume_job(run: RunFolder, job: Job, *, echo: Echo = print, stop: threading.Event | None = None,
                on_event: Callable[[dict], None] | None = None) -> RunFolder:
     """Continue `run` (rebuilt as `job` from its manifest): finished stages are skipped, the
-    interrupted one continues from its checkpoint, with the thread count the run started with."""
-    if run.status == "done":
-        raise UserError(f"{run.path}: run is already done; nothing to resume")
-    names = [record["name"] for record in run.manifest["stages"]]
-    if names != [stage.name for stage in job.stages]:
-        raise UserError(f"{run.path / 'manifest.json'}: stages {names} do not match the '{job.kind}' pipeline")
-    torch.set_num_threads(int(run.manifest["num_threads"]))
-    resolve_device(job)  # the device it started on must still be here
-    echo(format_plan(job, {r["name"]: r["estimated_seconds"] for r in run.manifest["stages"] if r["status"] != "done"}))
-    run.log(f"resuming ({run.status})")
-    return _execute(job, run, created=False, echo=echo, stop=stop, on_event=on_event)
+    interrupted one continues from its checkpoint, with the thread count the run started with.
+    Holds the run's lock: a second process resuming the same run is refused."""
+    with run_lock(run.path):
+        if run.status == "done":
+            raise UserError(f"{run.path}: run is already done; nothing to resume")
+        names = [record["name"] for record in run.manifest["stages"]]
+        if names != [stage.name for stage in job.stages]:
+            raise UserError(f"{run.path / 'manifest.json'}: stages {names} do not match the '{job.kind}' pipeline")
+        resolve_device(job)  # the device it started on must still be here
+        validate_job(job, new_run=False)
+        check_checkpoints(run.path)
+        torch.set_num_threads(int(run.manifest["num_threads"]))
+        pending = {r["name"]: r["estimated_seconds"] for r in run.manifest["stages"] if r["status"] != "done"}
+        echo(format_plan(job, pending))
+        run.log(f"resuming ({run.status})")
+        return _execute(job, run, created=False, echo=echo, stop=stop, on_event=on_event)
 
 
 def _execute(job: Job, run: RunFolder, *, created: bool, echo: Echo, stop: threading.Event | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from gen3d.data.readers.common import SceneSource, SplitMode, load_split
+from gen3d.data.readers.common import SceneSource, SplitMode, confine, load_split
 from gen3d.data.readers.llff import read_llff
 from gen3d.data.readers.transforms import read_blender, read_transforms
 from gen3d.data.scene import Scene
@@ -48,6 +48,21 @@ def _check_options(downscale, size, views, background, split) -> None:
         raise UserError(f"background must be 3 numbers in [0, 1], got {background!r}")
 
 
+def scan_scene(path: Path, *, split: SplitMode = "auto", downscale: int | None = None, views: int | None = None,
+               allow_outside: bool = False) -> tuple[Path, SceneSource]:
+    """Parse a scene folder without decoding an image: its format, cameras and frame files, every
+    frame inside the folder (unless `allow_outside`) and enough training frames for `views`. The
+    validation pass runs it before a run folder exists; `load_scene` starts with it."""
+    root, reader = detect(path)
+    source = reader(root, downscale, split)
+    for frames in (source.train, source.test):
+        if frames is not None:
+            confine(frames, root, allow_outside)
+    if views is not None and views > len(source.train.paths):
+        raise UserError(f"{root}: asked for {views} views but the scene has {len(source.train.paths)} training frames")
+    return root, source
+
+
 def load_scene(
     path: Path,
     *,
@@ -56,6 +71,7 @@ def load_scene(
     size: tuple[int, int] | None = None,
     views: int | None = None,
     background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    allow_outside: bool = False,
 ) -> Scene:
     """Load a nerfstudio / instant-ngp, Blender or LLFF scene folder.
 
@@ -63,14 +79,12 @@ def load_scene(
     LLFF defaults to 8, the NeRF protocol, and reads `images_<d>/` copies when present). size:
     (width, height) to resize to instead. views: keep only this many training frames, picked by
     `select_views` so the same K frames come back every time. Only the kept frames are decoded.
+    allow_outside: accept frame files that resolve outside the scene folder (refused by default).
     """
     _check_options(downscale, size, views, background, split)
-    root, reader = detect(path)
-    source = reader(root, downscale, split)
+    root, source = scan_scene(path, split=split, downscale=downscale, views=views, allow_outside=allow_outside)
     train = source.train
     if views is not None:
-        if views > len(train.paths):
-            raise UserError(f"{root}: asked for {views} views but the scene has {len(train.paths)} training frames")
         train = train.select(sorted(select_views(train.cameras.centers, views)))
     size = None if size is None else (size[0], size[1])
     background = tuple(float(c) for c in background)

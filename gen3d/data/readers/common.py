@@ -85,6 +85,25 @@ def frustum_aabb(cameras: Cameras, near: float, far: float) -> Tensor:
     return torch.stack([points.min(0).values, points.max(0).values])
 
 
+OUTSIDE_KEY = "data.allow_outside_scene"
+
+
+def confine(frames: FrameList, root: Path, allow_outside: bool) -> None:
+    """Every frame file must resolve inside the scene folder (symlinks followed), so a scene file
+    cannot make gen3d read, and copy into a run, files from anywhere; `allow_outside` opts out."""
+    if allow_outside:
+        return
+    inside = root.resolve()
+    for path in frames.paths:
+        try:
+            target = path.resolve()
+        except (RuntimeError, OSError):  # a symlink loop
+            raise UserError(f"{root}: frame file {path} is a symlink loop") from None
+        if not target.is_relative_to(inside):
+            raise UserError(f"{root}: frame file {path} resolves outside the scene folder; "
+                            f"to allow it set {OUTSIDE_KEY}=true (--set {OUTSIDE_KEY}=true)")
+
+
 def relative_name(path: Path, root: Path) -> str:
     """The frame's name: its path below the scene folder (POSIX), or the full path when outside it."""
     try:

@@ -156,7 +156,7 @@ def _named_split(meta: dict, frames: list[dict], path: Path) -> tuple[list[int],
             raise UserError(f"{path}: '{key}_filenames' names {missing[0]!r}, which is no frame's file_path")
         return [index_of[os.path.normpath(n)] for n in names]
 
-    test = indices("test") or indices("val")
+    test = indices("test") if lists["test"] is not None else indices("val")  # a test list, even empty, wins
     held_out = set(test)
     train = indices("train") if lists["train"] is not None else [i for i in range(len(frames)) if i not in held_out]
     return train, test

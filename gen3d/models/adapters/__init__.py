@@ -84,9 +84,14 @@ def read_json(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: missing (is --model-path the right kind of model folder?)")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    except (UnicodeDecodeError, OSError):
+        raise UserError(f"{path}: not a readable JSON text file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
 
 
 def weights_variant(folder: Path, library: str) -> str | None:

@@ -19,6 +19,8 @@ from torch import Tensor
 
 import gen3d
 from gen3d.errors import UserError
+from gen3d.io import blocking_file, shared_mode
+from gen3d.models.prior import check_safetensors
 from gen3d.models.adapters.convert import (
     CLIP_PROCESSOR,
     CLIP_TEXT_PREFIX,
@@ -152,6 +154,7 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Tensor]
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        check_safetensors(path)  # random or truncated bytes: a one-line error, not the library's
         return load_file(path)
     try:
         try:
@@ -164,8 +167,9 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Tensor]
         reason = str(exc).strip().splitlines()[0]
         raise UserError(f"{path}: holds pickled objects besides tensors ({reason}); "
                         "re-run with --trust-pickle only if you trust where the file came from") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # random or foreign bytes make the unpickler fail in any of many ways
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {reason})") from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -313,11 +317,11 @@ def write_folder(out: Path, lay: Layout, tensors: dict[str, dict[str, Tensor]], 
     import diffusers
 
     out = Path(out)
-    if out.exists():
-        raise UserError(f"{out}: already exists; choose a new --out folder")
+    check_new_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        tmp.chmod(shared_mode(folder=True))  # mkdtemp makes it private; a model folder is shareable
         for component in COMPONENTS[lay.kind]:
             write_component(tmp / component, component, lay.configs[component], tensors[component])
         write_scheduler(tmp / "scheduler", prediction)
@@ -340,12 +344,22 @@ def write_folder(out: Path, lay: Layout, tensors: dict[str, dict[str, Tensor]], 
             shutil.rmtree(tmp)
 
 
+def check_new_folder(out: Path) -> None:
+    """`--out` must name a new folder whose parents are folders (or can be made)."""
+    if out.exists():
+        raise UserError(f"{out}: already exists; choose a new --out folder")
+    blocking = blocking_file(out.parent)
+    if blocking is not None:
+        raise UserError(f"{out}: --out lies under the file {blocking}, not a folder")
+
+
 def convert_checkpoint(kind: str, path: Path, out: Path, *, tokenizer: Path | None = None,
                        prediction: str = "epsilon", trust_pickle: bool = False) -> Layout:
     """`gen3d convert --from KIND PATH --out DIR`: an original checkpoint to a folder `--prior` loads."""
     if prediction not in ("epsilon", "v_prediction"):
         raise UserError(f"--prediction must be epsilon or v_prediction, got '{prediction}'")
     path, source = Path(path), str(path)
+    check_new_folder(Path(out))  # before the (long) read of the checkpoint
     state = read_checkpoint(path, trust_pickle)
     prior = checked_kind(kind, state, source)
     # Zero123's CLIP is OpenAI's (8 heads per UNet attention, like SD 1.x); it has no text encoder

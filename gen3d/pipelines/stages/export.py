@@ -153,16 +153,16 @@ def field_asset(field: NerfField, cfg: ExportConfig, resolution: int, views: Sco
 
 
 def export_field(ctx: StageContext, field: NerfField, cfg: ExportConfig,
-                 views: ScoringViews | None = None, photo_cameras: Cameras | None = None) -> trimesh.Trimesh | None:
+                 views: ScoringViews | None = None, photo_cameras: Cameras | None = None) -> trimesh.Trimesh:
     """Mesh files (the GLB textured when `cfg.texture`), a point cloud on the mesh and a turntable of
-    it, and `mesh_psnr` against `views` when given; None (logged) when the field has no surface at
-    `cfg.threshold`."""
+    it, and `mesh_psnr` against `views` when given. A field with no surface at `cfg.threshold` fails
+    the stage (UserError): a run that exported no mesh must not end `done`."""
     try:
         asset = field_asset(field, cfg, cfg.resolution, views, photo_cameras=photo_cameras)
-    except UserError as exc:  # an empty or saturated field: nothing to mesh, not bad input
-        ctx.log(f"no mesh exported: {exc}")
+    except UserError as exc:  # an empty or saturated field: nothing to mesh
         ctx.event(message="no surface found at export.threshold; no mesh exported")
-        return None
+        raise UserError(f"no mesh exported ({exc}); config key 'export.threshold' is {cfg.threshold}: "
+                        "run again with a lower one or more training steps") from None
     for fmt in cfg.formats:
         path = write_mesh(asset.primary if fmt == "glb" else asset.colored, ctx.path / f"mesh.{fmt}")
         ctx.add_artifact(path, "mesh", format=fmt, up="y" if fmt == "glb" else "z",
