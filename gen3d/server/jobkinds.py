@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gen3d.config import SEED_RANGE
 from gen3d.errors import UserError
 from gen3d.io import slugify
 from gen3d.models.prior import PRIORS
@@ -216,7 +217,7 @@ _CHECKERS: dict[str, Callable] = {
     "run": _check_run,
 }
 
-_SEED = Option("seed", "int", "Seed for every random choice.", default=0, low=0, high=2**31 - 1)
+_SEED = Option("seed", "int", "Seed for every random choice.", default=0, low=SEED_RANGE[0], high=SEED_RANGE[1])
 _CONFIG = Option("config", "yaml", "YAML config on the server, e.g. configs/ci/reconstruct.yaml.")
 _SET = Option("set", "overrides", "Config overrides, one key.sub=value a line.", default=())
 
