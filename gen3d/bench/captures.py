@@ -67,7 +67,8 @@ def job_row(name: str, scene: Path, steps: int, overrides: list[str]) -> dict:
 # --- one object, three formats ------------------------------------------------------------------
 
 def _object_views(size: int, count: int) -> tuple[torch.Tensor, Cameras]:
-    """A shared mesh rendered RGBA from an orbit at radius 2.5 (30 degrees field of view)."""
+    """A shared mesh in [-0.8, 0.8]^3 rendered RGBA from an orbit at radius 4 (35 degrees field of
+    view): nerf_synthetic's distance, inside the near and far the Blender format implies."""
     import trimesh
 
     from gen3d.render.mesh import ShadingConfig, render_mesh
@@ -76,7 +77,7 @@ def _object_views(size: int, count: int) -> tuple[torch.Tensor, Cameras]:
     mesh.apply_translation(-mesh.bounds.mean(0))
     mesh.apply_scale(1.6 / mesh.extents.max())
     g = torch.Generator().manual_seed(SEED)
-    cams = orbit(5 + 35 * torch.rand(count, generator=g), 360 * torch.rand(count, generator=g), 2.5, 40.0, size, size)
+    cams = orbit(5 + 35 * torch.rand(count, generator=g), 360 * torch.rand(count, generator=g), 4.0, 35.0, size, size)
     return render_mesh(mesh, cams, shading=ShadingConfig(), ss=2).rgba, cams
 
 
