@@ -47,7 +47,7 @@ SPACE_FOR_SCENE = {"bounded": "box", "unbounded": "contract", "forward_facing": 
 SECONDS_PER_TRAIN_RAY = 5e-5
 SECONDS_PER_RENDER_RAY = 1e-5
 SECONDS_PER_NDC_TRAIN_SAMPLE = 2.4e-6
-SECONDS_PER_NDC_RENDER_SAMPLE = 9e-7
+SECONDS_PER_NDC_RENDER_SAMPLE = 6e-7
 NOMINAL_PIXELS = 100 * 100  # image size assumed by estimates when the scene cannot be read
 
 
@@ -369,8 +369,10 @@ def estimate_evaluate(job: Job) -> float:
 
 def estimate_export(job: Job) -> float:
     cfg: Config = job.config
-    textured = cfg.export.texture and (not scene_outline(cfg, job.inputs["scene"]).capture or cfg.capture.texture)
-    return estimate_export_seconds(dataclasses.replace(cfg.export, texture=textured))
+    outline = scene_outline(cfg, job.inputs["scene"])
+    textured = cfg.export.texture and (not outline.capture or cfg.capture.texture)
+    return estimate_export_seconds(dataclasses.replace(cfg.export, texture=textured),
+                                   outline.scored_views * outline.pixels)
 
 
 def build_job(config: Config, inputs: dict, seed: int) -> Job:

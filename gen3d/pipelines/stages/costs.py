@@ -15,6 +15,7 @@ THRESHOLD_CANDIDATES = 9  # marching cubes + silhouettes per candidate level of 
 SECONDS_PER_CANDIDATE_POINT = 2e-8  # per grid point: one candidate's marching cubes and silhouettes
 SECONDS_PER_TEXTURED_FACE = 1.5e-4  # xatlas charting and packing, texel colours from the field
 SECONDS_PER_RENDER_PIXEL = 1.2e-4  # evaluation-orbit renders of the field
+SECONDS_PER_SCORED_PIXEL = 5e-6  # per candidate level and pixel of the scored views: its silhouette (fern)
 
 PRIOR_LOAD_SECONDS = 3.0
 PRIOR_SET_SIZE = 4  # views per set of the bundled priors
@@ -46,11 +47,12 @@ def estimate_distill_seconds(steps: int, render_size: int, vsd: bool = False) ->
     return PRIOR_LOAD_SECONDS + steps * distill_step_seconds(render_size, vsd)
 
 
-def estimate_export_seconds(export) -> float:
-    """Marching cubes (with the level search of `auto_threshold`), the texture, and the turntable
-    of `export` (an ExportConfig)."""
+def estimate_export_seconds(export, scored_pixels: int = 0) -> float:
+    """Marching cubes (with the level search of `auto_threshold`, whose silhouettes cover the
+    `scored_pixels` of the scored views), the texture, and the turntable of `export` (an ExportConfig)."""
     search = THRESHOLD_CANDIDATES * SECONDS_PER_CANDIDATE_POINT if export.auto_threshold else 0.0
-    return (export.resolution**3 * (SECONDS_PER_GRID_POINT + search)
+    silhouettes = THRESHOLD_CANDIDATES * scored_pixels * SECONDS_PER_SCORED_PIXEL if export.auto_threshold else 0.0
+    return (silhouettes + export.resolution**3 * (SECONDS_PER_GRID_POINT + search)
             + (export.target_faces * SECONDS_PER_TEXTURED_FACE if export.texture else 0.0)
             + export.turntable_frames * export.turntable_size**2 * SECONDS_PER_TURNTABLE_PIXEL)
 
