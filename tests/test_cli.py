@@ -71,7 +71,7 @@ def test_bad_input_found_by_a_stage_leaves_no_run_folder(capsys, runs_root, tiny
 
 @pytest.mark.parametrize("override, expected", [
     ("recon.stepz=5", "unknown config key 'recon.stepz'; valid keys at this level: appearance, batch_rays, field, mask_loss_weight"),
-    ("bogus=1", "unknown config key 'bogus'; valid keys at this level: data, device, evaluate, export, memory, precision, recon, train"),
+    ("bogus=1", "unknown config key 'bogus'; valid keys at this level: capture, data, device, evaluate, export, memory, precision, recon, train"),
     ("recon.steps=many", "config key 'recon.steps' must be an integer, got 'many'"),
     ("export.formats=[glb,stl]", "config key 'export.formats[1]' must be one of ['glb', 'ply', 'obj'], got 'stl'"),
     ("recon.optim.lr=.nan", "config key 'recon.optim.lr' must be a finite number, got nan"),

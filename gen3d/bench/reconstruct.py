@@ -263,7 +263,7 @@ def run(quick: bool, out_dir: Path) -> list[dict]:
                      "seconds": f"> {round(plan.baseline_cap / engine_time, 1)} (baseline capped)"})
     rows += fern_rows(plan.capture_checkpoints)
     rows += format_rows(plan.job_steps)
-    rows += estimate_rows(plan.job_steps)
+    rows += estimate_rows(plan.job_steps if plan is QUICK else 0)
     rows.append(readme_lego_row(plan.readme_steps))
     progress("lego (README command) exported")
     for name in plan.meshes:
