@@ -40,14 +40,15 @@ from gen3d.runs.folder import read_events
 KIND = "reconstruct"
 SPACE_FOR_SCENE = {"bounded": "box", "unbounded": "contract", "forward_facing": "ndc"}
 
-# CPU costs on 2 cores behind the stage estimates, re-measured when the engine changes. Object
-# scenes (a box carved to the visual hull): whole-run averages of the README's lego command
-# (100x100, 1000 steps of 2048 rays) on the idle machine. Forward-facing captures (every step of
-# every ray in occupied space): the fern capture at 504x378, per ray and step of `disparity_steps`.
-SECONDS_PER_TRAIN_RAY = 5e-5
-SECONDS_PER_RENDER_RAY = 1e-5
-SECONDS_PER_NDC_TRAIN_SAMPLE = 2.4e-6
-SECONDS_PER_NDC_RENDER_SAMPLE = 6e-7
+# CPU costs behind the stage estimates, measured with the README's commands on the quiet 2-core
+# machine with the default 2 threads (2026-12-05; a machine shared with other jobs takes longer);
+# re-measure when the engine changes. Object scenes (a box carved to the visual hull): lego 100x100
+# and the snowman example, 1000 steps of 2048 rays. Forward-facing captures (every step of every
+# ray in occupied space): fern at 504x378, per ray and step of `disparity_steps`.
+SECONDS_PER_TRAIN_RAY = 2.2e-5
+SECONDS_PER_RENDER_RAY = 7e-6
+SECONDS_PER_NDC_TRAIN_SAMPLE = 1.4e-6
+SECONDS_PER_NDC_RENDER_SAMPLE = 2.8e-7
 NOMINAL_PIXELS = 100 * 100  # image size assumed by estimates when the scene cannot be read
 
 

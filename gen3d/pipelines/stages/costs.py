@@ -15,7 +15,7 @@ THRESHOLD_CANDIDATES = 9  # marching cubes + silhouettes per candidate level of 
 SECONDS_PER_CANDIDATE_POINT = 2e-8  # per grid point: one candidate's marching cubes and silhouettes
 SECONDS_PER_TEXTURED_FACE = 1.5e-4  # xatlas charting and packing, texel colours from the field
 SECONDS_PER_RENDER_PIXEL = 1.2e-4  # evaluation-orbit renders of the field
-SECONDS_PER_SCORED_PIXEL = 5e-6  # per candidate level and pixel of the scored views: its silhouette (fern)
+SECONDS_PER_SCORED_PIXEL = 1e-6  # per candidate level and pixel of the scored views: its silhouette (fern)
 
 PRIOR_LOAD_SECONDS = 3.0
 PRIOR_SET_SIZE = 4  # views per set of the bundled priors
