@@ -333,10 +333,7 @@ def scene_outline(cfg: Config, scene_path: str) -> SceneOutline:
         width, height = image_size(source.train.paths[0])
     except (UserError, OSError, ValueError):
         return SceneOutline()
-    if cfg.data.size:
-        width, height = cfg.data.size
-    else:
-        width, height = (max(1, round(v / source.train.factor)) for v in (width, height))
+    width, height = cfg.data.size or [max(1, round(v / source.train.factor)) for v in (width, height)]
     space = cfg.recon.field.space or (SPACE_FOR_SCENE[source.scene_type] if cfg.data.scene_bounds else "box")
     train = len(source.train.paths)
     held_out = len(source.test.paths) if source.test else max(train - (cfg.data.views or train), 0)
