@@ -38,8 +38,19 @@ def _job_config(overrides: list[str]):
     return load_config(reconstruct.Config, configs_dir() / "reconstruct.yaml", ["recon.threads=0", *overrides])
 
 
-def _run(scene: Path, overrides: list[str]) -> dict:
-    """A reconstruct job on `scene` in a scratch folder; its manifest."""
+def unit_mesh(relative_path: str):
+    """A shared mesh (path below the data folder) centred and scaled into [-0.8, 0.8]^3."""
+    import trimesh
+
+    mesh = trimesh.load(data_dir() / relative_path, force="mesh", process=True)
+    mesh.apply_translation(-mesh.bounds.mean(0))
+    mesh.apply_scale(1.6 / mesh.extents.max())
+    return mesh
+
+
+def run_reconstruct(scene: Path, overrides: list[str]) -> dict:
+    """A reconstruct job on `scene` (the reconstruct defaults plus `overrides`, the process's thread
+    count) in a scratch folder; its manifest."""
     from gen3d.pipelines import reconstruct
     from gen3d.runs import read_manifest, run_job
 
@@ -53,7 +64,7 @@ def job_row(name: str, scene: Path, steps: int, overrides: list[str]) -> dict:
     """One job: seconds per training step, held-out PSNR, whether a mesh came out, and each stage's
     measured seconds over its estimate (estimates are whole-run averages: short runs, which spend
     more of their steps before the occupancy grid has pruned space, take longer per step)."""
-    manifest = _run(scene, [f"recon.steps={steps}", *overrides])
+    manifest = run_reconstruct(scene, [f"recon.steps={steps}", *overrides])
     stages = {s["name"]: s for s in manifest["stages"]}
     metrics = manifest["metrics"]
     row = {"method": "gen3d reconstruct", "caption": name, "steps": steps,
@@ -70,13 +81,9 @@ def job_row(name: str, scene: Path, steps: int, overrides: list[str]) -> dict:
 def _object_views(size: int, count: int) -> tuple[torch.Tensor, Cameras]:
     """A shared mesh in [-0.8, 0.8]^3 rendered RGBA from an orbit at radius 4 (35 degrees field of
     view): nerf_synthetic's distance, inside the near and far the Blender format implies."""
-    import trimesh
-
     from gen3d.render.mesh import ShadingConfig, render_mesh
 
-    mesh = trimesh.load(data_dir() / FORMAT_MESH, force="mesh", process=True)
-    mesh.apply_translation(-mesh.bounds.mean(0))
-    mesh.apply_scale(1.6 / mesh.extents.max())
+    mesh = unit_mesh(FORMAT_MESH)
     g = torch.Generator().manual_seed(SEED)
     cams = orbit(5 + 35 * torch.rand(count, generator=g), 360 * torch.rand(count, generator=g), 4.0, 35.0, size, size)
     return render_mesh(mesh, cams, shading=ShadingConfig(), ss=2).rgba, cams

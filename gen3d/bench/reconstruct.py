@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gen3d.bench.captures import estimate_rows, fern_rows, format_rows
+from gen3d.bench.captures import estimate_rows, fern_rows, format_rows, run_reconstruct, unit_mesh
 from gen3d.bench.report import progress
 from gen3d.cameras import Cameras, orbit
 from gen3d.config import load_config
@@ -175,17 +175,13 @@ def mesh_scene_row(name: str, seconds: float) -> dict:
     """A shared mesh in [-0.8, 0.8]^3, 30 orbit views at 100x100 -> field -> exported asset: the
     field's PSNR on 8 held-out orbit views beside its textured mesh's (mesh_psnr), and the mesh's
     Chamfer, normal error and F-score against the source mesh."""
-    import trimesh
-
     from gen3d.export.metrics import surface_metrics
     from gen3d.pipelines.stages.asset import ScoringViews
     from gen3d.pipelines.stages.export import ExportConfig, field_asset
     from gen3d.recon.trainer import composite_onto
     from gen3d.render.mesh import ShadingConfig, render_mesh
 
-    mesh = trimesh.load(data_dir() / MESHES[name], force="mesh", process=True)
-    mesh.apply_translation(-mesh.bounds.mean(0))
-    mesh.apply_scale(1.6 / mesh.extents.max())
+    mesh = unit_mesh(MESHES[name])
     g = torch.Generator().manual_seed(SEED)
     cams = orbit(5 + 35 * torch.rand(30, generator=g), 360 * torch.rand(30, generator=g), 2.5, 40.0, 100, 100)
     held_out = orbit(torch.full((8,), 15.0), torch.arange(8) * 45.0, 2.5, 40.0, 100, 100)
@@ -216,18 +212,7 @@ def mesh_scene_row(name: str, seconds: float) -> dict:
 def readme_lego_row(steps: int) -> dict:
     """The README's lego command (100x100, 30 views) as a job: the field's held-out PSNR and the
     exported GLB's (mesh_psnr), with each stage's seconds: what a user gets."""
-    import tempfile
-
-    from gen3d.config import load_config
-    from gen3d.pipelines import reconstruct
-    from gen3d.runs import read_manifest, run_job
-
-    cfg = load_config(reconstruct.Config, configs_dir() / "reconstruct.yaml",
-                      ["data.size=[100,100]", f"recon.steps={steps}", "recon.threads=0"])
-    with tempfile.TemporaryDirectory() as tmp:
-        run_job(reconstruct.build_job(cfg, {"scene": str(data_dir() / LEGO)}, SEED), Path(tmp) / "lego",
-                echo=lambda _: None)
-        manifest = read_manifest(Path(tmp) / "lego")
+    manifest = run_reconstruct(data_dir() / LEGO, ["data.size=[100,100]", f"recon.steps={steps}"])
     metrics = manifest["metrics"]
     stages = {f"{s['name']}_s": round(s["seconds"], 1) for s in manifest["stages"]}
     return {"method": "gen3d reconstruct (README command)", "caption": f"lego, {steps} steps", "views": 30,

@@ -16,6 +16,11 @@ space outside `aabb` (360 degree real captures); "forward_facing" suits NDC rays
 whose cameras all look down -z with the near plane in front of them)."""
 
 
+def is_capture(scene_type: SceneType) -> bool:
+    """A real capture (forward-facing or unbounded photos) rather than a bounded object."""
+    return scene_type != "bounded"
+
+
 @dataclass
 class Split:
     """Images with their cameras, one size for all.

@@ -19,10 +19,9 @@ import torch
 
 from gen3d.cameras import Cameras
 from gen3d.config import from_dict, ranged
-from gen3d.data import Scene, Split, load_scene
-from gen3d.data.images import image_size
+from gen3d.data import Scene, Split, is_capture, load_scene
+from gen3d.data.images import image_size, save_png
 from gen3d.data.readers import detect
-from gen3d.data.images import save_png
 from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
 from gen3d.fields.nerf import perspective_box
@@ -155,7 +154,7 @@ def recon_config(cfg: Config, scene: Scene) -> ReconConfig:
         if recon.field.space == "ndc":
             box = perspective_box(scene.train.cameras, scene.near, scene.far)
             recon.render.aabb = [float(v) for v in box.reshape(-1)]
-    capture = scene.scene_type != "bounded"
+    capture = is_capture(scene.scene_type)
     if recon.appearance is None:
         recon.appearance = capture and scene.train.alpha is None
     if capture:
@@ -302,7 +301,7 @@ def photo_cameras(cfg: Config, data: SceneData) -> Cameras | None:
 
 def export_config(cfg: Config, scene: Scene) -> ExportConfig:
     """`cfg.export`, untextured for real captures unless `capture.texture`."""
-    textured = cfg.export.texture and (scene.scene_type == "bounded" or cfg.capture.texture)
+    textured = cfg.export.texture and (not is_capture(scene.scene_type) or cfg.capture.texture)
     return dataclasses.replace(cfg.export, texture=textured)
 
 
@@ -338,7 +337,7 @@ def scene_outline(cfg: Config, scene_path: str) -> SceneOutline:
     train = len(source.train.paths)
     held_out = len(source.test.paths) if source.test else max(train - (cfg.data.views or train), 0)
     scored = min(held_out or train, cfg.evaluate.max_views or held_out or train)
-    return SceneOutline(space, width * height, scored, source.scene_type != "bounded")
+    return SceneOutline(space, width * height, scored, is_capture(source.scene_type))
 
 
 def _ray_seconds(cfg: Config, outline: SceneOutline) -> tuple[int, float, float]:

@@ -166,7 +166,8 @@ class ReconTrainer:
         each other's object away."""
         grid = self.renderer.occupancy
         centers = self.field.denormalize(grid.cell_centers())
-        half_diagonal = 0.5 * 3**0.5 * ((self.field.world_box()[1] - self.field.world_box()[0]).max().item() / grid.cfg.resolution)
+        lo, hi = self.field.world_box()
+        half_diagonal = 0.5 * 3**0.5 * ((hi - lo).max().item() / grid.cfg.resolution)
         if self.times is None:
             grid.restrict(visual_hull(centers, half_diagonal, self.cameras, self.alpha[..., 0]))
             return
