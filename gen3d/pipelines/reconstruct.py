@@ -21,7 +21,7 @@ from gen3d.cameras import Cameras
 from gen3d.config import from_dict, ranged
 from gen3d.data import Scene, Split, is_capture, load_scene
 from gen3d.data.images import image_size, save_png
-from gen3d.data.readers import detect
+from gen3d.data.readers import scan_scene
 from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
 from gen3d.fields.nerf import perspective_box
@@ -327,8 +327,8 @@ def scene_outline(cfg: Config, scene_path: str) -> SceneOutline:
     """The field's space, the image size and the number of scored views of the run's scene (the
     nominal outline when the scene cannot be read: loading it will say why)."""
     try:
-        root, reader = detect(Path(scene_path))
-        source = reader(root, cfg.data.downscale, "auto")
+        _, source = scan_scene(Path(scene_path), downscale=cfg.data.downscale,
+                               allow_outside=cfg.data.allow_outside_scene)
         width, height = image_size(source.train.paths[0])
     except (UserError, OSError, ValueError):
         return SceneOutline()
