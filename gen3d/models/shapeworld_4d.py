@@ -57,7 +57,7 @@ class ShapeWorld4DPrior(ShapeWorldPrior):
         cond, uncond = self.condition(prompt, cameras, observed, times)
         latents = run_sampler(CFGDenoiser(self.denoiser, guidance, uncond), (len(cameras), 4, LATENT_SIZE, LATENT_SIZE),
                               sampler="dpmpp_2m", num_steps=steps, cond=cond, generator=generator)
-        return self.decode(latents).clamp(0, 1)
+        return self.finish(latents, cameras)
 
     @torch.no_grad()
     def sample_grid(self, prompt: str | None, cameras: Cameras, times: Tensor, observed: Observed | None = None, *,

@@ -32,10 +32,12 @@ from gen3d.models.autoencoder import decode_rgba, encode_mean
 from gen3d.models.multiview import MultiViewDenoiser
 from gen3d.models.prior import Observed, Prior
 from gen3d.models.text import TextEmbedding, TextEncoder
+from gen3d.models.upsampler import ViewUpsampler
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "priors" / "shapeworld-mv"
 MANIFEST = "manifest.json"
 PRIOR_CONFIG = "prior.json"
+UPSAMPLER = "upsampler"  # optional model folder: 64 px views -> 128 px
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
 MAX_VIEWS = 8  # targets per jointly denoised set (training drew 4..8)
@@ -82,11 +84,28 @@ class ShapeWorldPrior(Prior):
     image_size = IMAGE_SIZE
     max_observed = MAX_OBSERVED
 
-    def __init__(self, autoencoder: AutoencoderKL, net: MultiViewDenoiser, text: TextEncoder | None = None):
+    def __init__(self, autoencoder: AutoencoderKL, net: MultiViewDenoiser, text: TextEncoder | None = None,
+                 upsampler: ViewUpsampler | None = None):
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.net = self.network = net.eval().requires_grad_(False)
+        self.upsampler = upsampler.eval().requires_grad_(False) if upsampler is not None else None
         self.text = text or TextEncoder()
         self.denoiser = Denoiser(self.net, noise_schedule(), "v")
+
+    @property
+    def output_size(self) -> int:
+        return IMAGE_SIZE * (self.upsampler.cfg.scale if self.upsampler is not None else 1)
+
+    def finish(self, latents: Tensor, cameras: Cameras) -> Tensor:
+        """Generated latents -> RGBA views at the cameras' image size: decoded at 64 px, then
+        upsampled by the upsampler when the cameras ask for its size, else resized."""
+        rgba = self.decode(latents).clamp(0, 1)
+        size = (cameras.height, cameras.width)
+        if self.upsampler is not None and size == (self.output_size, self.output_size):
+            return self.upsampler.upsample_rgba(rgba).clamp(0, 1)
+        if size != tuple(rgba.shape[-2:]):
+            rgba = F.interpolate(rgba, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        return rgba
 
     def set_size(self, n_views: int) -> int:
         """Views per jointly denoised set for a stack of `n_views`: all of them up to 8, else sets of 4."""
@@ -142,8 +161,9 @@ class ShapeWorldPrior(Prior):
     @torch.no_grad()
     def sample(self, prompt: str | None, cameras: Cameras, observed: Observed | None = None, *,
                steps: int = 20, guidance: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Up to 8 views in one set; more are generated in sets of up to 8 conditioned on the given
-        observed views plus earlier outputs (up to 3 observed in all), so every view shares one object."""
+        """Views at the cameras' image size (`finish`). Up to 8 in one set; more are generated in sets
+        of up to 8 conditioned on the given observed views plus earlier outputs (up to 3 observed in
+        all), so every view shares one object."""
         guidance = DEFAULT_GUIDANCE if guidance is None else guidance
         outputs: list[Tensor] = []
         done: list[int] = []
@@ -153,7 +173,7 @@ class ShapeWorldPrior(Prior):
             cond, uncond = self.condition(prompt, cameras[chunk], obs)
             latents = run_sampler(CFGDenoiser(self.denoiser, guidance, uncond), (len(chunk), 4, LATENT_SIZE, LATENT_SIZE),
                                   sampler="dpmpp_2m", num_steps=steps, cond=cond, generator=generator)
-            outputs.append(self.decode(latents).clamp(0, 1))
+            outputs.append(self.finish(latents, cameras[chunk]))
             done += chunk
         return torch.cat(outputs)
 
@@ -221,6 +241,29 @@ def export_prior(folder: Path, autoencoder: AutoencoderKL, net: MultiViewDenoise
     return write_manifest(folder, name)
 
 
+def add_upsampler(source: Path, folder: Path, upsampler: ViewUpsampler, info: dict) -> dict:
+    """Write prior folder `source` with `upsampler` added (fp16) as `folder`, its prior.json given
+    the output size and how the upsampler was trained, and a new manifest."""
+    folder = Path(folder)
+    verify_folder(source)
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(source, folder)
+    if (folder / UPSAMPLER).exists():
+        shutil.rmtree(folder / UPSAMPLER)
+    upsampler.save_pretrained(folder / UPSAMPLER, dtype=torch.float16)
+    config = json.loads((folder / PRIOR_CONFIG).read_text())
+    config.update(output_size=IMAGE_SIZE * upsampler.cfg.scale, upsampler=info)
+    atomic_write_json(folder / PRIOR_CONFIG, config)
+    return write_manifest(folder, json.loads((folder / MANIFEST).read_text())["name"])
+
+
+def load_upsampler(folder: Path, device: str = "cpu") -> ViewUpsampler | None:
+    """The prior folder's upsampler, or None when it has none (its views stay at 64 px)."""
+    path = Path(folder) / UPSAMPLER
+    return ViewUpsampler.from_pretrained(path).to(device) if path.is_dir() else None
+
+
 def load_folder(folder: Path, device: str = "cpu") -> tuple[AutoencoderKL, MultiViewDenoiser]:
     """The autoencoder and network of a shipped-layout prior folder, sha256-checked."""
     verify_folder(folder)
@@ -230,10 +273,11 @@ def load_folder(folder: Path, device: str = "cpu") -> tuple[AutoencoderKL, Multi
 
 def load(model_path: Path | None = None, device: str = "cpu") -> ShapeWorldPrior:
     """The prior from `model_path` (default: the weights shipped in the package), sha256-checked."""
-    autoencoder, net = load_folder(ASSETS if model_path is None else Path(model_path), device)
+    folder = ASSETS if model_path is None else Path(model_path)
+    autoencoder, net = load_folder(folder, device)
     if net.cfg.clip_time:
         raise UserError(f"{model_path}: a 4D prior, not a multi-view one (use --prior shapeworld-4d)")
-    return ShapeWorldPrior(autoencoder, net)
+    return ShapeWorldPrior(autoencoder, net, upsampler=load_upsampler(folder, device))
 
 
 def load_autoencoder(folder: Path) -> AutoencoderKL:

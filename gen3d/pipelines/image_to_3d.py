@@ -92,10 +92,10 @@ def observed_view(cfg: Config, inputs: dict, size: int) -> Observed:
 def views(ctx: StageContext) -> None:
     cfg: Config = ctx.config
     prior = job_prior(cfg)
-    observed = observed_view(cfg, ctx.inputs, prior.image_size)
+    observed = observed_view(cfg, ctx.inputs, prior.output_size)
     save_png(observed.images[0].permute(1, 2, 0), ctx.path / "input.png")
     ctx.add_artifact(ctx.path / "input.png", "views", input=True)
-    cams = pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, prior.image_size)
+    cams = pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, prior.output_size)
     rgba = generate_views(prior, None, cams, cfg.views.passes, observed=observed, steps=cfg.views.steps,
                           guidance=cfg.views.guidance, generator=ctx.generator)
     save_views(ctx, torch.cat([observed.images, rgba]), Cameras.cat([observed.cameras, cams]), FOV_Y_DEG)

@@ -56,11 +56,11 @@ def views(ctx: StageContext) -> None:
     cfg: Config = ctx.config
     use_threads(cfg)
     prior = job_prior(cfg)
-    cams = pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, prior.image_size)
+    cams = pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, prior.output_size)
     rgba = generate_views(prior, ctx.inputs["prompt"], cams, cfg.views.passes, observed=None,
                           steps=cfg.views.steps, guidance=cfg.views.guidance, generator=ctx.generator)
     save_views(ctx, rgba, cams, FOV_Y_DEG)
-    ctx.log(f"{len(cams)} views at {prior.image_size}x{prior.image_size} in passes of {cfg.views.passes}")
+    ctx.log(f"{len(cams)} views at {prior.output_size}x{prior.output_size} in passes of {cfg.views.passes}")
 
 
 def fit_trainer(ctx: StageContext, seed: int) -> ReconTrainer:

@@ -47,7 +47,7 @@ class ReconConfig:
     batch_rays: int = ranged(2048, low=1)
     mask_loss_weight: float = ranged(0.0, low=0.0)  # weight of (opacity - alpha)^2 where images carry alpha
     render_chunk: int = ranged(16384, low=1)  # rays per chunk when rendering whole images
-    threads: int = ranged(2, low=0)  # torch CPU threads (0: leave as is)
+    threads: int = ranged(0, low=0)  # torch CPU threads (0: as started: OMP_NUM_THREADS, else every core)
     # Learn each photo's exposure and white balance (`gen3d.recon.appearance`); None: the pipeline
     # decides (reconstruct: on for real captures, i.e. scenes without alpha that are not bounded objects).
     appearance: bool | None = None

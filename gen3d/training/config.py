@@ -7,6 +7,7 @@ from typing import Literal
 
 from gen3d.models.autoencoder import AEConfig
 from gen3d.models.multiview import MVConfig
+from gen3d.models.upsampler import UpsamplerConfig
 from gen3d.training.trainer import TrainOptimConfig
 
 
@@ -52,9 +53,20 @@ class MultiviewTrainConfig:
 
 
 @dataclass
+class UpsamplerTrainConfig:
+    prior: str = "gen3d/assets/priors/shapeworld-mv"  # the prior folder it joins (its autoencoder makes the inputs)
+    model: UpsamplerConfig = field(default_factory=UpsamplerConfig)
+    optim: TrainOptimConfig = field(default_factory=lambda: TrainOptimConfig(steps=3000, batch=8, lr=1e-3))
+    latent_noise: float = 0.1  # each batch's latents get noise of a random std up to this (generated latents err)
+    alpha_weight: float = 2.0
+    eval_images: int = 128  # metrics on the first cached views (against plain bilinear upsampling)
+
+
+@dataclass
 class TrainConfig:
-    model: Literal["autoencoder", "multiview"] = "multiview"
+    model: Literal["autoencoder", "multiview", "upsampler"] = "multiview"
     threads: int = 2
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     multiview: MultiviewTrainConfig = field(default_factory=MultiviewTrainConfig)
+    upsampler: UpsamplerTrainConfig = field(default_factory=UpsamplerTrainConfig)

@@ -7,6 +7,8 @@ interrupted training continues with `gen3d train CONFIG --out RUN --resume`. Sta
 * multiview:   cache -> text (caption embeddings) -> [motion (4D)] -> latents (encode the cache once
   with the trained autoencoder) -> multiview (train on cached latents) -> prior (the shippable
   folder RUN/prior/: fp16 weights, config.json, manifest.json with sha256)
+* upsampler:   cache (128 px renders) -> upsampler (train on the prior's decoded views) -> prior
+  (the given prior folder with the upsampler added, RUN/prior/)
 """
 
 from __future__ import annotations
@@ -24,8 +26,15 @@ from gen3d.errors import UserError
 from gen3d.models import autoencoder as aem
 from gen3d.models.motion import train_motion_head
 from gen3d.models.multiview import MultiViewDenoiser
-from gen3d.models.shapeworld_prior import export_prior, load_autoencoder, noise_schedule
+from gen3d.models.shapeworld_prior import (
+    add_upsampler,
+    export_prior,
+    load_autoencoder,
+    noise_schedule,
+    verify_folder,
+)
 from gen3d.models.text import TextEncoder
+from gen3d.models.upsampler import UpsamplingObjective, ViewUpsampler, upsampling_metrics
 from gen3d.runs import Job, RunFolder, Stage, resume_job, run_job
 from gen3d.shapeworld.animated import pose_at
 from gen3d.training.config import TrainConfig
@@ -86,6 +95,50 @@ def _autoencoder_stage(ctx) -> None:
     ctx.log(f"autoencoder EMA: {metrics}, scaling_factor {scaling:.4f}")
     save_loss_curve(trainer.losses, ctx.path / "loss_autoencoder.png", "autoencoder loss")
     ctx.add_artifact("loss_autoencoder.png", "curve")
+
+
+def _upsampler_stage(ctx) -> None:
+    """Train the per-view upsampler on 128 px renders, from the prior's own decoder's 64 px views."""
+    cfg: TrainConfig = ctx.config
+    tc = cfg.upsampler
+    if cfg.data.size != 64 * tc.model.scale:
+        raise UserError(f"data.size must be {64 * tc.model.scale} for upsampler.model.scale={tc.model.scale}")
+    images = cache_images(cfg).rgba.reshape(-1, cfg.data.size, cfg.data.size, 4)
+    ae = load_autoencoder(Path(tc.prior) / "autoencoder")
+    rank, world = rank_and_world()
+    eval_images = as_float(images[:tc.eval_images])
+    objective = UpsamplingObjective(ViewUpsampler(tc.model), ae, tc.latent_noise, tc.alpha_weight)
+    trainer = Trainer(objective, tc.optim)
+
+    def loss_fn(net, step: int):
+        idx = np.sort(batch_indices(len(images), tc.optim.batch, step, ctx.seed, rank, world))
+        return net(as_float(images[idx]), ctx.generator)
+
+    def on_log(step: int) -> dict:
+        if step % (tc.optim.log_every * 10) and step != tc.optim.steps:
+            return {}
+        return upsampling_metrics(objective.net.eval(), ae, eval_images[:32])
+
+    fit(ctx, trainer, loss_fn, on_log)
+    if rank != 0:
+        return
+    net = trainer.ema_model(lambda: UpsamplingObjective(ViewUpsampler(tc.model), ae, 0.0, 1.0)).net
+    net.save_pretrained(ctx.path / "upsampler")
+    metrics, bilinear = upsampling_metrics(net, ae, eval_images), upsampling_metrics(None, ae, eval_images)
+    ctx.set_metrics(**{f"upsampler_{k}": round(v, 4) for k, v in metrics.items()},
+                    **{f"bilinear_{k}": round(v, 4) for k, v in bilinear.items()})
+    ctx.log(f"upsampler EMA: {metrics}; bilinear upsampling: {bilinear}")
+    save_loss_curve(trainer.losses, ctx.path / "loss_upsampler.png", "upsampler loss")
+    ctx.add_artifact("loss_upsampler.png", "curve")
+
+
+def _upsampler_prior_stage(ctx) -> None:
+    cfg: TrainConfig = ctx.config
+    info = {"config": ctx.inputs.get("config"), "seed": ctx.seed, "steps": cfg.upsampler.optim.steps,
+            "scenes": cfg.data.scenes, "size": cfg.data.size}
+    manifest = add_upsampler(Path(cfg.upsampler.prior), ctx.path / "prior",
+                             ViewUpsampler.from_pretrained(ctx.path / "upsampler"), info)
+    ctx.log(f"prior folder written: {len(manifest['files'])} files")
 
 
 def _multiview_stage(ctx) -> None:
@@ -165,13 +218,27 @@ def _multiview_stages(animated: bool) -> list[Stage]:
             Stage("prior", _prior_stage, lambda job: 10.0)]
 
 
-TRAINING_STAGES = {"autoencoder", "multiview"}  # the stages every rank runs under torchrun
+TRAINING_STAGES = {"autoencoder", "multiview", "upsampler"}  # the stages every rank runs under torchrun
+
+
+def check_model_inputs(cfg: TrainConfig) -> None:
+    """The model folders a run starts from, checked before its run folder is made (UserError names one)."""
+    if cfg.model == "upsampler":
+        verify_folder(Path(cfg.upsampler.prior))
+    elif cfg.model == "multiview":
+        for key, folder in (("autoencoder", cfg.multiview.autoencoder), ("init_from", cfg.multiview.init_from)):
+            if folder and not (Path(folder) / "config.json").is_file():
+                raise UserError(f"{Path(folder) / 'config.json'}: missing (multiview.{key})")
 
 
 def build_job(cfg: TrainConfig, inputs: dict, seed: int) -> Job:
+    check_model_inputs(cfg)
     stages = [Stage("cache", cache_stage, lambda job: job.config.data.scenes * 0.1)]
     if cfg.model == "autoencoder":
         stages.append(Stage("autoencoder", _autoencoder_stage, lambda job: job.config.autoencoder.optim.steps * 0.3))
+    elif cfg.model == "upsampler":
+        stages += [Stage("upsampler", _upsampler_stage, lambda job: job.config.upsampler.optim.steps * 0.3),
+                   Stage("prior", _upsampler_prior_stage, lambda job: 5.0)]
     else:
         stages += _multiview_stages(cfg.multiview.model.clip_time)
     stages = [Stage(s.name, then_barrier(s.run), s.estimate_seconds) for s in stages]
