@@ -73,7 +73,8 @@ def test_ci_upsampler_training_writes_a_loadable_prior_with_128_px_views(tmp_pat
     run = tmp_path / "run"
     assert main(["train", "configs/ci/train-upsampler.yaml", "--set", f"data.cache_dir={tmp_path / 'cache'}",
                  "--set", f"upsampler.prior={tmp_path / 'base'}", "--out", str(run)]) == 2  # no such prior
-    assert not run.exists()
+    assert main(["train", "configs/ci/train-upsampler.yaml", "--set", "data.size=64", "--out", str(run)]) == 2
+    assert not run.exists() and not (tmp_path / "cache").exists()
     shutil.copytree(ASSETS, tmp_path / "base", ignore=shutil.ignore_patterns("upsampler"))
     manifest = json.loads((tmp_path / "base" / "manifest.json").read_text())
     manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("upsampler/")}

@@ -87,23 +87,23 @@ def _mean_row(method: str, rows: list[dict]) -> dict:
     return {"method": method, "caption": "mean", **{k: mean([float(r[k]) for r in rows]) for k in keys}}
 
 
-def method_config(method: str, quick: bool) -> text_to_3d.Config:
-    """The job's default config for `method`; `quick` shortens score distillation."""
+def method_config(method: str, distill_steps: int | None) -> text_to_3d.Config:
+    """The job's default config for `method`; `distill_steps` shortens score distillation."""
     cfg = text_to_3d.Config(method=method)
     cfg.recon.threads = 0  # keep the process's thread count (OMP_NUM_THREADS), recorded in the report's env
-    if quick:
-        cfg.distill.steps = QUICK_DISTILL_STEPS
-        cfg.distill.coarse_steps = QUICK_DISTILL_STEPS // 5
+    if distill_steps is not None:
+        cfg.distill.steps = distill_steps
+        cfg.distill.coarse_steps = distill_steps // 5
     return cfg
 
 
-def run_methods(plan: dict[str, list[str]], quick: bool) -> list[dict]:
+def run_methods(plan: dict[str, list[str]], distill_steps: int | None) -> list[dict]:
     """A text-to-3d job per (method, caption) of `plan`, scored; per-caption rows, then a mean row
-    per method."""
+    per method. `distill_steps` (None: the job's default) shortens sds and vsd."""
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for method, method_captions in plan.items():
-            cfg = method_config(method, quick)
+            cfg = method_config(method, distill_steps)
             method_rows = []
             for i, caption in enumerate(method_captions):
                 run_dir = Path(tmp) / f"{method}-{i}"
@@ -119,4 +119,5 @@ def run(quick: bool, out_dir: Path) -> list[dict]:
     start = time.perf_counter()
     cached_prior("shapeworld-mv", None)
     rows: list[dict] = [{"method": "load", "caption": "-", "seconds": time.perf_counter() - start}]
-    return rows + run_methods({method: captions(quick) for method in text_to_3d.METHODS}, quick)
+    return rows + run_methods({method: captions(quick) for method in text_to_3d.METHODS},
+                              QUICK_DISTILL_STEPS if quick else None)

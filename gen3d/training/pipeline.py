@@ -55,13 +55,29 @@ from gen3d.training.trainer import Trainer, batch_indices, fit, save_loss_curve
 Config = TrainConfig  # the job registry's name for a pipeline's config
 
 
+def _fit_on_images(ctx, trainer: Trainer, images: np.ndarray, metrics) -> None:
+    """Train an image objective (`net(rgba, generator) -> loss`) on cached uint8 views, batches
+    drawn from (seed, step); `metrics()` joins every tenth progress event and the last."""
+    optim = trainer.cfg
+    rank, world = rank_and_world()
+
+    def loss_fn(net, step: int):
+        idx = np.sort(batch_indices(len(images), optim.batch, step, ctx.seed, rank, world))
+        return net(as_float(images[idx]), ctx.generator)
+
+    def on_log(step: int) -> dict:
+        return metrics() if step % (optim.log_every * 10) == 0 or step == optim.steps else {}
+
+    fit(ctx, trainer, loss_fn, on_log)
+
+
 def _autoencoder_stage(ctx) -> None:
     """Train the decoder. The (fixed) encoder's scaling factor is measured first and the folder
     written at once, so a multi-view run can encode its latents while the decoder trains."""
     cfg: TrainConfig = ctx.config
     tc = cfg.autoencoder
     images = cache_images(cfg).rgba.reshape(-1, cfg.data.size, cfg.data.size, 4)
-    rank, world = rank_and_world()
+    rank, _ = rank_and_world()
     eval_images = as_float(images[:tc.eval_images])
     scaling = aem.measure_scaling_factor(aem.build_autoencoder(tc.model), eval_images)
 
@@ -75,17 +91,7 @@ def _autoencoder_stage(ctx) -> None:
     if rank == 0:
         objective.ae.save_pretrained(out)
     trainer = Trainer(objective, tc.optim)
-
-    def loss_fn(net, step: int):
-        idx = np.sort(batch_indices(len(images), tc.optim.batch, step, ctx.seed, rank, world))
-        return net(as_float(images[idx]), ctx.generator)
-
-    def on_log(step: int) -> dict:
-        if step % (tc.optim.log_every * 10) and step != tc.optim.steps:
-            return {}
-        return aem.reconstruction_metrics(objective.ae.eval(), eval_images[:64])
-
-    fit(ctx, trainer, loss_fn, on_log)
+    _fit_on_images(ctx, trainer, images, lambda: aem.reconstruction_metrics(objective.ae.eval(), eval_images[:64]))
     if rank != 0:
         return
     ae = trainer.ema_model(build).ae
@@ -101,25 +107,13 @@ def _upsampler_stage(ctx) -> None:
     """Train the per-view upsampler on 128 px renders, from the prior's own decoder's 64 px views."""
     cfg: TrainConfig = ctx.config
     tc = cfg.upsampler
-    if cfg.data.size != 64 * tc.model.scale:
-        raise UserError(f"data.size must be {64 * tc.model.scale} for upsampler.model.scale={tc.model.scale}")
     images = cache_images(cfg).rgba.reshape(-1, cfg.data.size, cfg.data.size, 4)
     ae = load_autoencoder(Path(tc.prior) / "autoencoder")
-    rank, world = rank_and_world()
+    rank, _ = rank_and_world()
     eval_images = as_float(images[:tc.eval_images])
     objective = UpsamplingObjective(ViewUpsampler(tc.model), ae, tc.latent_noise, tc.alpha_weight)
     trainer = Trainer(objective, tc.optim)
-
-    def loss_fn(net, step: int):
-        idx = np.sort(batch_indices(len(images), tc.optim.batch, step, ctx.seed, rank, world))
-        return net(as_float(images[idx]), ctx.generator)
-
-    def on_log(step: int) -> dict:
-        if step % (tc.optim.log_every * 10) and step != tc.optim.steps:
-            return {}
-        return upsampling_metrics(objective.net.eval(), ae, eval_images[:32])
-
-    fit(ctx, trainer, loss_fn, on_log)
+    _fit_on_images(ctx, trainer, images, lambda: upsampling_metrics(objective.net.eval(), ae, eval_images[:32]))
     if rank != 0:
         return
     net = trainer.ema_model(lambda: UpsamplingObjective(ViewUpsampler(tc.model), ae, 0.0, 1.0)).net
@@ -225,6 +219,9 @@ def check_model_inputs(cfg: TrainConfig) -> None:
     """The model folders a run starts from, checked before its run folder is made (UserError names one)."""
     if cfg.model == "upsampler":
         verify_folder(Path(cfg.upsampler.prior))
+        if cfg.data.size != 64 * cfg.upsampler.model.scale:
+            raise UserError(f"config key 'data.size' must be {64 * cfg.upsampler.model.scale} "
+                            f"for upsampler.model.scale={cfg.upsampler.model.scale}")
     elif cfg.model == "multiview":
         for key, folder in (("autoencoder", cfg.multiview.autoencoder), ("init_from", cfg.multiview.init_from)):
             if folder and not (Path(folder) / "config.json").is_file():
