@@ -22,6 +22,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from gen3d.bench.report import progress
 from gen3d.export.metrics import mask_iou
 from gen3d.export.writers import Z_UP_TO_Y_UP
 from gen3d.pipelines import text_to_4d
@@ -109,5 +110,6 @@ def run(quick: bool, out_dir: Path) -> list[dict]:
                 run_job(text_to_4d.build_job(cfg, {"prompt": caption}, SEED), run_dir, echo=lambda _: None)
                 seconds = time.perf_counter() - began
                 frame_rows.append({"caption": caption, "frames": frames, **score(run_dir, caption), "seconds": seconds})
+                progress(f"{frames} frames {i + 1}/{len(captions(quick))}: {caption}")
             rows += frame_rows + [_mean_row(frames, frame_rows)]
     return rows

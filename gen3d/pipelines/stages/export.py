@@ -75,9 +75,10 @@ class ExportConfig:
 
 
 def object_export_config() -> ExportConfig:
-    """Export sized for one small object: a 64^3 grid, 20k faces, a short 128-pixel turntable."""
+    """Export sized for one small object: a 64^3 grid, 20k faces, a short 128-pixel turntable seen
+    from 30 degrees up (the generated views' upper ring), which shows openings such as a torus's hole."""
     return ExportConfig(resolution=64, threshold=5.0, solidify=2, target_faces=20_000, pointcloud_points=5_000,
-                        turntable_frames=24, turntable_size=128, video=True, gif=True)
+                        turntable_frames=24, turntable_size=128, turntable_elevation=30.0, video=True, gif=True)
 
 
 def threshold_ladder(threshold: float) -> list[float]:
