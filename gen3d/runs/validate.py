@@ -213,5 +213,7 @@ def validate_job(job: Any, out: Path | None = None, root: Path | None = None, *,
     check_scene(job.inputs, cfg)
     if new_run:
         check_out(out, root)
+    if hasattr(cfg, "check"):
+        cfg.check()  # what only this kind of job knows to check (the train job's model folders)
     warning = prompt_warning(prior, job.inputs.get("prompt"))
     return [warning] if warning else []

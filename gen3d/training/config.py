@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from gen3d.errors import UserError
 from gen3d.models.autoencoder import AEConfig
 from gen3d.models.multiview import MVConfig
 from gen3d.models.upsampler import UpsamplerConfig
@@ -70,3 +72,18 @@ class TrainConfig:
     autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     multiview: MultiviewTrainConfig = field(default_factory=MultiviewTrainConfig)
     upsampler: UpsamplerTrainConfig = field(default_factory=UpsamplerTrainConfig)
+
+    def check(self) -> None:
+        """The model folders this run starts from, and the upsampler's image size (the job
+        validation pass calls this before a run folder exists; UserError names the key)."""
+        if self.model == "upsampler":
+            from gen3d.models.shapeworld_prior import verify_folder  # diffusers: imported only when needed
+
+            verify_folder(Path(self.upsampler.prior))
+            if self.data.size != 64 * self.upsampler.model.scale:
+                raise UserError(f"config key 'data.size' must be {64 * self.upsampler.model.scale} "
+                                f"for upsampler.model.scale={self.upsampler.model.scale}")
+        elif self.model == "multiview":
+            for key, folder in (("autoencoder", self.multiview.autoencoder), ("init_from", self.multiview.init_from)):
+                if folder and not (Path(folder) / "config.json").is_file():
+                    raise UserError(f"{Path(folder) / 'config.json'}: missing (config key 'multiview.{key}')")

@@ -26,13 +26,7 @@ from gen3d.errors import UserError
 from gen3d.models import autoencoder as aem
 from gen3d.models.motion import train_motion_head
 from gen3d.models.multiview import MultiViewDenoiser
-from gen3d.models.shapeworld_prior import (
-    add_upsampler,
-    export_prior,
-    load_autoencoder,
-    noise_schedule,
-    verify_folder,
-)
+from gen3d.models.shapeworld_prior import add_upsampler, export_prior, load_autoencoder, noise_schedule
 from gen3d.models.text import TextEncoder
 from gen3d.models.upsampler import UpsamplingObjective, ViewUpsampler, upsampling_metrics
 from gen3d.runs import Job, RunFolder, Stage, resume_job, run_job
@@ -215,21 +209,7 @@ def _multiview_stages(animated: bool) -> list[Stage]:
 TRAINING_STAGES = {"autoencoder", "multiview", "upsampler"}  # the stages every rank runs under torchrun
 
 
-def check_model_inputs(cfg: TrainConfig) -> None:
-    """The model folders a run starts from, checked before its run folder is made (UserError names one)."""
-    if cfg.model == "upsampler":
-        verify_folder(Path(cfg.upsampler.prior))
-        if cfg.data.size != 64 * cfg.upsampler.model.scale:
-            raise UserError(f"config key 'data.size' must be {64 * cfg.upsampler.model.scale} "
-                            f"for upsampler.model.scale={cfg.upsampler.model.scale}")
-    elif cfg.model == "multiview":
-        for key, folder in (("autoencoder", cfg.multiview.autoencoder), ("init_from", cfg.multiview.init_from)):
-            if folder and not (Path(folder) / "config.json").is_file():
-                raise UserError(f"{Path(folder) / 'config.json'}: missing (multiview.{key})")
-
-
 def build_job(cfg: TrainConfig, inputs: dict, seed: int) -> Job:
-    check_model_inputs(cfg)
     stages = [Stage("cache", cache_stage, lambda job: job.config.data.scenes * 0.1)]
     if cfg.model == "autoencoder":
         stages.append(Stage("autoencoder", _autoencoder_stage, lambda job: job.config.autoencoder.optim.steps * 0.3))
