@@ -26,7 +26,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
     dry: DryRunOpt = False,
 ) -> None:
-    """Train the bundled prior's autoencoder or multi-view diffusion model on ShapeWorld."""
+    """Train the bundled priors' autoencoder, multi-view or 4D diffusion model, or upsampler, on ShapeWorld."""
     training = pipeline_module("train")
     cfg = load_config(training.Config, config, list(set_ or []))
     torch.set_num_threads(cfg.threads)
