@@ -101,11 +101,31 @@ class ReconstructionObjective(nn.Module):
 
     def forward(self, rgba: Tensor, generator: torch.Generator) -> Tensor:
         x = to_model_space(rgba)
-        thumb = F.avg_pool2d(x, 4)
-        noise = torch.randn(thumb.shape, generator=generator, dtype=thumb.dtype)
-        recon = decode_thumbnail(self.ae, thumb + noise * self.latent_noise / self.ae.config.scaling_factor)
-        weights = torch.tensor([1.0, 1.0, 1.0, self.alpha_weight], device=x.device).view(1, 4, 1, 1)
-        return (((recon - x).abs() + (recon - x) ** 2) * weights).mean()
+        return model_space_loss(noisy_decoding(self.ae, x, self.latent_noise, generator), x, self.alpha_weight)
+
+
+def noisy_decoding(ae: AutoencoderKL, x: Tensor, latent_noise: float, generator: torch.Generator) -> Tensor:
+    """The decoder's 64 px model-space output for model-space images `x` (any multiple of 16 on a
+    side) pooled to their 16x16 latents, plus Gaussian noise of std `latent_noise` (relative to the
+    latent std): what the decoder meets in generated latents."""
+    thumb = F.avg_pool2d(x, x.shape[-1] // 16)
+    noise = torch.randn(thumb.shape, generator=generator, dtype=thumb.dtype)
+    return decode_thumbnail(ae, thumb + noise * latent_noise / ae.config.scaling_factor)
+
+
+def model_space_loss(pred: Tensor, target: Tensor, alpha_weight: float) -> Tensor:
+    """L1 + MSE between model-space images, the alpha channel counted `alpha_weight` times."""
+    weights = torch.tensor([1.0, 1.0, 1.0, alpha_weight], device=target.device).view(1, 4, 1, 1)
+    return (((pred - target).abs() + (pred - target) ** 2) * weights).mean()
+
+
+def image_scores(pred: Tensor, truth: Tensor) -> dict:
+    """PSNR of RGB composited over white and IoU of the alpha > 0.5 masks, straight RGBA images."""
+    over_white = lambda im: im[:, :3] * im[:, 3:] + (1 - im[:, 3:])
+    mse = ((over_white(pred) - over_white(truth)) ** 2).mean()
+    true, got = truth[:, 3] > 0.5, pred[:, 3] > 0.5
+    iou = (true & got).sum() / (true | got).sum().clamp(min=1)
+    return {"psnr": float(-10 * torch.log10(mse)), "alpha_iou": float(iou)}
 
 
 @torch.no_grad()
@@ -117,9 +137,4 @@ def measure_scaling_factor(ae: AutoencoderKL, images: Tensor, batch: int = 64) -
 @torch.no_grad()
 def reconstruction_metrics(ae: AutoencoderKL, rgba: Tensor) -> dict:
     """PSNR of the composited-over-white RGB and IoU of the alpha>0.5 masks of reconstructions."""
-    recon = decode_rgba(ae, encode_mean(ae, rgba))
-    over_white = lambda im: im[:, :3] * im[:, 3:] + (1 - im[:, 3:])
-    mse = ((over_white(recon) - over_white(rgba)) ** 2).mean()
-    true, pred = rgba[:, 3] > 0.5, recon[:, 3] > 0.5
-    iou = (true & pred).sum() / (true | pred).sum().clamp(min=1)
-    return {"psnr": float(-10 * torch.log10(mse)), "alpha_iou": float(iou)}
+    return image_scores(decode_rgba(ae, encode_mean(ae, rgba)), rgba)

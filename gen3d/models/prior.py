@@ -58,13 +58,13 @@ class Prior(abc.ABC):
     denoiser: Denoiser
     #: where the networks run; tensors may come from any device and go back to the caller's
     device: torch.device = torch.device("cpu")
+    #: the denoising network as a module, for VSD's LoRA copy (None: the prior offers none)
+    network: torch.nn.Module | None = None
 
     @property
     def output_size(self) -> int:
         """The largest views `sample` returns (a prior with an upsampler exceeds `image_size`)."""
         return self.image_size
-    #: the denoising network as a module, for VSD's LoRA copy (None: the prior offers none)
-    network: torch.nn.Module | None = None
 
     def network_call(self, module: torch.nn.Module) -> Callable[..., Tensor]:
         """`module` (the network or a LoRA copy of it) as a Denoiser `net`: VSD(prior.denoiser,

@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gen3d.models.autoencoder import decode_thumbnail, from_model_space, to_model_space
+from gen3d.models.autoencoder import (
+    from_model_space,
+    image_scores,
+    model_space_loss,
+    noisy_decoding,
+    to_model_space,
+)
 from gen3d.models.pretrained import load_folder, save_folder
 
 if TYPE_CHECKING:
@@ -77,13 +83,10 @@ class ViewUpsampler(nn.Module):
 
 
 def decoded_inputs(ae: AutoencoderKL, rgba: Tensor, latent_noise: float, generator: torch.Generator) -> Tensor:
-    """What the upsampler sees at sampling time for target images `rgba` (V, 4, H, W): the
-    autoencoder's model-space 64 px decoding of their 16x16 latents (the images area-pooled), with
-    Gaussian noise of std `latent_noise` (relative to the latent std) added to the latents."""
-    thumb = F.avg_pool2d(to_model_space(rgba), 4 * rgba.shape[-1] // 64)
-    noise = torch.randn(thumb.shape, generator=generator, dtype=thumb.dtype)
+    """What the upsampler sees at sampling time for target images `rgba` (V, 4, H, W): the frozen
+    autoencoder's 64 px decoding of their latents with noise of std `latent_noise` added."""
     with torch.no_grad():
-        return decode_thumbnail(ae, thumb + noise * latent_noise / ae.config.scaling_factor)
+        return noisy_decoding(ae, to_model_space(rgba), latent_noise, generator)
 
 
 class UpsamplingObjective(nn.Module):
@@ -99,9 +102,7 @@ class UpsamplingObjective(nn.Module):
     def forward(self, rgba: Tensor, generator: torch.Generator) -> Tensor:
         noise = float(torch.rand((), generator=generator)) * self.latent_noise
         pred = self.net(decoded_inputs(self.ae[0], rgba, noise, generator))
-        target = to_model_space(rgba)
-        weights = torch.tensor([1.0, 1.0, 1.0, self.alpha_weight], device=rgba.device).view(1, 4, 1, 1)
-        return (((pred - target).abs() + (pred - target) ** 2) * weights).mean()
+        return model_space_loss(pred, to_model_space(rgba), self.alpha_weight)
 
 
 @torch.no_grad()
@@ -111,9 +112,4 @@ def upsampling_metrics(net: ViewUpsampler | None, ae: AutoencoderKL, rgba: Tenso
     decoded = decoded_inputs(ae, rgba, 0.0, torch.Generator().manual_seed(0))
     model_space = net(decoded) if net is not None else F.interpolate(decoded, size=rgba.shape[-2:], mode="bilinear",
                                                                      align_corners=False)
-    pred = from_model_space(model_space)
-    over_white = lambda im: im[:, :3] * im[:, 3:] + (1 - im[:, 3:])
-    mse = ((over_white(pred) - over_white(rgba)) ** 2).mean()
-    true, got = rgba[:, 3] > 0.5, pred[:, 3] > 0.5
-    iou = (true & got).sum() / (true | got).sum().clamp(min=1)
-    return {"psnr": float(-10 * torch.log10(mse)), "alpha_iou": float(iou)}
+    return image_scores(from_model_space(model_space), rgba)
