@@ -8,6 +8,10 @@ distance, normal error, F-score at 2% and topology of the exported mesh against 
 mesh (distances in units of its bounding-sphere radius), and the run's mesh_psnr.
 Captions carry a size word, which fixes the ground-truth geometry. `--quick` runs fewer captions
 and shorter distillations (the mv-recon job is the same).
+
+`TRUTH_VIEWS` rows are the reconstruction's ceiling: the mv-recon job with its views stage replaced
+by ground-truth renders at the same cameras, so what remains is the fit's and the export's error
+(8 views from the prior's elevations never see an object's underside), not the prior's.
 """
 
 from __future__ import annotations
@@ -24,19 +28,21 @@ from PIL import Image
 from gen3d.bench.report import progress
 from gen3d.export.metrics import mask_iou, surface_metrics
 from gen3d.pipelines import text_to_3d
-from gen3d.pipelines.stages.resources import cached_prior
+from gen3d.pipelines.stages.resources import cached_prior, job_prior
+from gen3d.pipelines.stages.views import save_views
 from gen3d.render.mesh import render_mesh
-from gen3d.runs import read_manifest, run_job
+from gen3d.runs import Job, Stage, StageContext, read_manifest, run_job
 from gen3d.shapeworld import HELD_OUT
 from gen3d.shapeworld.captions import parse_caption
-from gen3d.shapeworld.dataset import SHADING
-from gen3d.shapeworld.scenes import eval_cameras
+from gen3d.shapeworld.dataset import SHADING, render_spec
+from gen3d.shapeworld.scenes import FOV_Y_DEG, eval_cameras
 from gen3d.shapeworld.shapes import build_mesh
 from gen3d.shapeworld.spec import nearest_colour
 
 SEED = 0
 QUICK_DISTILL_STEPS = 300
 SURFACE_KEYS = ("chamfer", "normal_error_deg", "fscore", "euler_ok")
+TRUTH_VIEWS = "mv-recon-truth"  # mv-recon on ground-truth renders: the reconstruction's ceiling
 
 
 def captions(quick: bool) -> list[str]:
@@ -88,13 +94,29 @@ def _mean_row(method: str, rows: list[dict]) -> dict:
 
 
 def method_config(method: str, distill_steps: int | None) -> text_to_3d.Config:
-    """The job's default config for `method`; `distill_steps` shortens score distillation."""
-    cfg = text_to_3d.Config(method=method)
+    """The job's default config for `method` (TRUTH_VIEWS: mv-recon's); `distill_steps` shortens
+    score distillation."""
+    cfg = text_to_3d.Config(method="mv-recon" if method == TRUTH_VIEWS else method)
     cfg.recon.threads = 0  # keep the process's thread count (OMP_NUM_THREADS), recorded in the report's env
     if distill_steps is not None:
         cfg.distill.steps = distill_steps
         cfg.distill.coarse_steps = distill_steps // 5
     return cfg
+
+
+def truth_views(ctx: StageContext) -> None:
+    """A views stage that saves the caption's ground-truth renders at the job's view cameras."""
+    cams = text_to_3d.view_cameras(ctx.config, job_prior(ctx.config).output_size)
+    save_views(ctx, render_spec(parse_caption(ctx.inputs["prompt"]), cams).rgba.permute(0, 3, 1, 2).float(),
+               cams, FOV_Y_DEG)
+
+
+def method_job(method: str, cfg: text_to_3d.Config, caption: str) -> Job:
+    """The text-to-3d job of `method`; TRUTH_VIEWS swaps its views stage for `truth_views`."""
+    job = text_to_3d.build_job(cfg, {"prompt": caption}, SEED)
+    if method == TRUTH_VIEWS:
+        job.stages = [Stage(s.name, truth_views, s.estimate_seconds) if s.name == "views" else s for s in job.stages]
+    return job
 
 
 def run_methods(plan: dict[str, list[str]], distill_steps: int | None) -> list[dict]:
@@ -108,7 +130,7 @@ def run_methods(plan: dict[str, list[str]], distill_steps: int | None) -> list[d
             for i, caption in enumerate(method_captions):
                 run_dir = Path(tmp) / f"{method}-{i}"
                 began = time.perf_counter()
-                run_job(text_to_3d.build_job(cfg, {"prompt": caption}, SEED), run_dir, echo=lambda _: None)
+                run_job(method_job(method, cfg, caption), run_dir, echo=lambda _: None)
                 method_rows.append(_row(method, caption, run_dir, time.perf_counter() - began))
                 progress(f"{method} {i + 1}/{len(method_captions)}: {caption}")
             rows += method_rows + [_mean_row(method, method_rows)]
@@ -119,5 +141,5 @@ def run(quick: bool, out_dir: Path) -> list[dict]:
     start = time.perf_counter()
     cached_prior("shapeworld-mv", None)
     rows: list[dict] = [{"method": "load", "caption": "-", "seconds": time.perf_counter() - start}]
-    return rows + run_methods({method: captions(quick) for method in text_to_3d.METHODS},
-                              QUICK_DISTILL_STEPS if quick else None)
+    plan = {method: captions(quick) for method in (*text_to_3d.METHODS, TRUTH_VIEWS)}
+    return rows + run_methods(plan, QUICK_DISTILL_STEPS if quick else None)

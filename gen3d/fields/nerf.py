@@ -107,13 +107,17 @@ class TcnnMLP(nn.Module):
         return self.network(x).float()
 
 
+MAX_LOG_DENSITY = 30.0  # densities stop at exp(30): opaque in any step, and no float overflow to inf
+
+
 class TruncExp(torch.autograd.Function):
-    """exp with the gradient clamped at exp(15): stable densities early in training (instant-ngp)."""
+    """exp with the gradient clamped at exp(15): stable densities early in training (instant-ngp).
+    The value stops at exp(MAX_LOG_DENSITY): an infinite density makes compositing NaN."""
 
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return torch.exp(x)
+        return torch.exp(x.clamp(max=MAX_LOG_DENSITY))
 
     @staticmethod
     def backward(ctx, grad):

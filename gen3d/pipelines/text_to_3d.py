@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gen3d.cameras import pass_cameras
+from gen3d.cameras import Cameras, pass_cameras
 from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
 from gen3d.io import slugify
@@ -52,11 +52,16 @@ class Config(DeviceSettings):
     export: ExportConfig = dataclasses.field(default_factory=object_export_config)
 
 
+def view_cameras(cfg: Config, size: int) -> Cameras:
+    """The cameras of the generated views: passes around the object at `size` pixels."""
+    return pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, size)
+
+
 def views(ctx: StageContext) -> None:
     cfg: Config = ctx.config
     use_threads(cfg)
     prior = job_prior(cfg)
-    cams = pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, prior.output_size)
+    cams = view_cameras(cfg, prior.output_size)
     rgba = generate_views(prior, ctx.inputs["prompt"], cams, cfg.views.passes, observed=None,
                           steps=cfg.views.steps, guidance=cfg.views.guidance, generator=ctx.generator)
     save_views(ctx, rgba, cams, FOV_Y_DEG)

@@ -80,9 +80,10 @@ def _fit_recon() -> ReconConfig:
 
 
 def _export() -> ExportConfig:
-    """One GLB per frame (no point cloud) and a 32-frame turntable while the clip plays."""
+    """One GLB per frame (no point cloud) and a 32-frame turntable while the clip plays; colours
+    from the field (a frame's time has a few views at most)."""
     return dataclasses.replace(object_export_config(), formats=["glb"], target_faces=10_000, turntable_frames=32,
-                               texture=False)  # a GLB per frame: vertex colours keep 32 frames quick
+                               texture=False, colors="field")  # a GLB per frame: vertex colours keep 32 frames quick
 
 
 Method = Literal["mv-recon", "sds"]

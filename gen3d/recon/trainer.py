@@ -142,6 +142,7 @@ class ReconTrainer:
         if self.appearance is not None:
             self.model["appearance"] = self.appearance
         self.step_count = 0
+        self.skipped_steps = 0  # steps whose loss was not finite (no update)
         if self.has_alpha and self.renderer.occupancy is not None and cfg.render.occupancy.carve:
             self._carve_occupancy()
         self._move_to(device, seed)
@@ -212,12 +213,16 @@ class ReconTrainer:
         if self.times is not None:
             loss = loss + self.field.regularization()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if torch.isfinite(loss):
+            loss.backward()
+            self.optimizer.step()
+        else:  # one bad batch must not turn every weight into NaN; the step is skipped and counted
+            self.skipped_steps += 1
         self.step_count += 1
         self.renderer.update_occupancy(self.field, self.step_count, self.generator, over_time=self.times is not None)
         mse = sq_err.detach().mean().item()
-        return {"loss": loss.item(), "psnr": -10 * torch.log10(torch.tensor(max(mse, 1e-12))).item()}
+        stats = {"loss": loss.item(), "psnr": -10 * torch.log10(torch.tensor(max(mse, 1e-12))).item()}
+        return stats | ({"skipped_steps": self.skipped_steps} if self.skipped_steps else {})
 
     def train(self, n_steps: int, callback: Callable[[int, dict], bool | None] | None = None) -> None:
         """Run `n_steps` steps; `callback(step, stats)` after each may return True to stop early."""
@@ -283,10 +288,11 @@ class ReconTrainer:
 
     def state_dict(self) -> dict:
         return {"step": self.step_count, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": self.generator.get_state()}
+                "rng": self.generator.get_state(), "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))  # absent from older checkpoints
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["rng"])

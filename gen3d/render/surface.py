@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from gen3d.cameras import Cameras, project
 from gen3d.render.volume import RadianceField
 
 
@@ -83,3 +85,31 @@ def facing_views(points: Tensor, normals: Tensor, centers: Tensor, count: int = 
         seen = visible(origins, centers[index].reshape(-1, 3)).reshape(weights.shape)
         weights = weights * seen
     return dirs, weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def projected_colors(points: Tensor, normals: Tensor, cameras: Cameras, rgba: Tensor, depth: Tensor,
+                     tolerance: float, sharpness: float = 4.0) -> tuple[Tensor, Tensor]:
+    """What posed images show at surface points: colour (P, 3) and total weight (P,) (0: no image
+    sees the point).
+
+    rgba (N, H, W, 4) straight colour; depth (N, H, W) the surface's own depth along each camera's
+    -z (0 where it misses), which hides points behind the surface (`tolerance` world units of slack).
+    Each image counts by cos(normal, direction to its camera) ** `sharpness` times the alpha it
+    shows there, so squarely seen, covered pixels dominate and silhouette fringes fade out.
+    """
+    uv, z = project(points.float(), cameras)  # (N, P, 2), (N, P)
+    n, h, w = depth.shape
+    grid = torch.stack([uv[..., 0] / w * 2 - 1, uv[..., 1] / h * 2 - 1], -1)[:, :, None]  # (N, P, 1, 2)
+    sampled = F.grid_sample(rgba.permute(0, 3, 1, 2).float(), grid, align_corners=False)[..., 0]  # (N, 4, P)
+    px = uv[..., 0].floor().long().clamp(0, w - 1)
+    py = uv[..., 1].floor().long().clamp(0, h - 1)
+    surface = depth[torch.arange(n)[:, None], py, px]  # (N, P)
+    inside = (uv[..., 0] >= 0) & (uv[..., 0] < w) & (uv[..., 1] >= 0) & (uv[..., 1] < h) & (z > 0)
+    unhidden = (surface <= 0) | (z <= surface + tolerance)
+    to_camera = F.normalize(cameras.centers[:, None] - points[None].float(), dim=-1)
+    cosine = (to_camera * F.normalize(normals.float(), dim=-1)[None]).sum(-1).clamp_min(0)
+    weight = cosine ** sharpness * sampled[:, 3] * (inside & unhidden)  # (N, P)
+    total = weight.sum(0)
+    colour = (weight[..., None] * sampled[:, :3].transpose(1, 2)).sum(0) / total.clamp_min(1e-8)[:, None]
+    return colour.clamp(0, 1), total

@@ -20,8 +20,8 @@ from torch import Tensor
 from gen3d.cameras import Cameras
 from gen3d.export.metrics import mesh_psnr
 from gen3d.export.texture import ColorSource, auto_texture_size, bake_texture, color_vertices
-from gen3d.render.mesh import RayCaster
-from gen3d.render.surface import facing_views, surface_radiance
+from gen3d.render.mesh import RayCaster, render_mesh
+from gen3d.render.surface import facing_views, projected_colors, surface_radiance
 from gen3d.render.volume import RadianceField
 
 DEFAULT_TEXTURE_SIZE = 1024  # without scoring views to size it from
@@ -68,6 +68,37 @@ def field_color_source(field: RadianceField, reach: float, mesh: trimesh.Trimesh
                                          visible if caster is not None else None)
             dirs, weights = dirs.to(device), weights.to(device)
         return surface_radiance(field, p, n, reach, view_dirs=dirs, view_weights=weights).double().cpu().numpy()
+
+    return source
+
+
+@dataclass
+class SourceImages:
+    """Posed images a mesh may take its colours from (an object job's generated views): cameras
+    and straight RGBA (N, H, W, 4) in [0, 1]."""
+
+    cameras: Cameras
+    rgba: Tensor
+
+
+# Weight of the field's own colour beside the images' (a squarely seen, covered pixel weighs 1):
+# it fills what no image sees (an object's underside) and fades in smoothly where images graze.
+FIELD_COLOR_WEIGHT = 0.05
+
+
+def projected_color_source(mesh: trimesh.Trimesh, images: SourceImages, fallback: ColorSource,
+                           tolerance: float) -> ColorSource:
+    """Colours as `images` show the mesh's surface (`projected_colors`: visible, facing, covered
+    pixels), blended with `fallback` (the field's radiance) where the images see little. The views
+    are what the user saw; the field's colour carries the noise of a short fit (speckles)."""
+    depth = render_mesh(mesh, images.cameras).depth
+
+    def source(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        colour, weight = projected_colors(torch.tensor(points), torch.tensor(normals), images.cameras,
+                                          images.rgba, depth, tolerance)
+        field = torch.from_numpy(fallback(points, normals)).float()
+        blended = (weight[:, None] * colour + FIELD_COLOR_WEIGHT * field) / (weight[:, None] + FIELD_COLOR_WEIGHT)
+        return blended.double().numpy()
 
     return source
 

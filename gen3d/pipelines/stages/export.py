@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -13,6 +14,7 @@ import trimesh
 from torch import Tensor
 
 from gen3d.cameras import Cameras, flat_rays
+from gen3d.config import ranged
 from gen3d.data.images import save_png
 from gen3d.errors import UserError
 from gen3d.export import (
@@ -28,8 +30,10 @@ from gen3d.fields.nerf import NerfField
 from gen3d.pipelines.stages.asset import (
     MeshAsset,
     ScoringViews,
+    SourceImages,
     field_color_source,
     mesh_asset,
+    projected_color_source,
     reach_for,
     texture_size_for,
 )
@@ -60,12 +64,16 @@ class ExportConfig:
     # closed, hidden cavities filled, smoothed by one cell (watertight, no hidden tunnels)
     solidify: int = -1
     target_faces: int = 100_000
+    smooth: int = ranged(0, low=0)  # Taubin smoothing iterations after cleaning (volume-preserving; rounds sharp edges a little)
     # pick the level among threshold_ladder(threshold) whose mesh silhouettes match the field's
     # rendered opacity best, where a job has views to compare with
     auto_threshold: bool = True
     texture: bool = True  # GLB with a texture baked from the field (else vertex colours, as PLY/OBJ)
     texture_size: int = 0  # texels across; 0: fitted to the mesh's size in the scoring views
     color_reach: float = 2.0  # colour rays start and end this many marching-cubes cells off the surface
+    # field: the field's radiance at the surface; views: what the job's generated views show there
+    # (the field's radiance where they see little), for jobs that fitted views
+    colors: Literal["field", "views"] = "field"
     pointcloud_points: int = 20_000
     turntable_frames: int = 36
     turntable_size: int = 256
@@ -75,10 +83,12 @@ class ExportConfig:
 
 
 def object_export_config() -> ExportConfig:
-    """Export sized for one small object: a 64^3 grid, 20k faces, a short 128-pixel turntable seen
-    from 30 degrees up (the generated views' upper ring), which shows openings such as a torus's hole."""
-    return ExportConfig(resolution=64, threshold=5.0, solidify=2, target_faces=20_000, pointcloud_points=5_000,
-                        turntable_frames=24, turntable_size=128, turntable_elevation=30.0, video=True, gif=True)
+    """Export sized for one small object: a 64^3 grid, 20k faces, 10 Taubin smoothing passes,
+    colours from the generated views, a short 128-pixel turntable seen from 30 degrees up, which
+    shows openings such as a torus's hole."""
+    return ExportConfig(resolution=64, threshold=5.0, solidify=2, target_faces=20_000, smooth=10, colors="views",
+                        pointcloud_points=5_000, turntable_frames=24, turntable_size=128, turntable_elevation=30.0,
+                        video=True, gif=True)
 
 
 def threshold_ladder(threshold: float) -> list[float]:
@@ -110,6 +120,12 @@ def generated_scoring_views(ctx: StageContext, field: NerfField, renderer: Volum
     return ScoringViews(cameras, targets, tuple(background.tolist()), rendered["opacity"])
 
 
+def generated_images(run_path: Path) -> SourceImages:
+    """The run's saved generated views as images to colour its mesh from."""
+    rgba, cameras = load_views(run_path)
+    return SourceImages(cameras, rgba)
+
+
 def save_renders(ctx: StageContext, field: NerfField, renderer: VolumeRenderer, cameras: Cameras) -> None:
     """`renders/NNN.png`: RGB over the background plus the rendered opacity as alpha (role render)."""
     out = render_images(field, renderer, cameras)
@@ -138,28 +154,33 @@ def field_mesh(field: NerfField, cfg: ExportConfig, resolution: int,
                                         views.opacity.cpu() > 0.5, solidify)
     else:
         threshold, raw = cfg.threshold, grid_mesh(grid, aabb, cfg.threshold, solidify)
-    return clean_mesh(raw, keep_largest=cfg.keep_largest, target_faces=cfg.target_faces), threshold
+    return clean_mesh(raw, keep_largest=cfg.keep_largest, target_faces=cfg.target_faces,
+                      smooth_iterations=cfg.smooth), threshold
 
 
 def field_asset(field: NerfField, cfg: ExportConfig, resolution: int, views: ScoringViews | None = None,
-                texture: bool | None = None, photo_cameras: Cameras | None = None) -> MeshAsset:
+                texture: bool | None = None, photo_cameras: Cameras | None = None,
+                images: SourceImages | None = None) -> MeshAsset:
     """The field's mesh coloured by what the field renders: vertex colours, and a baked texture
     when `texture` (default `cfg.texture`), sized by `cfg.texture_size` or the scoring views.
     `photo_cameras`: the cameras the field was trained from, to colour a view-dependent field as
-    those photos saw each point."""
+    those photos saw each point. `images`: with `cfg.colors` "views", what they show colours it."""
     mesh, threshold = field_mesh(field, cfg, resolution, views)
-    source = field_color_source(field, reach_for(field.world_box().cpu(), resolution, cfg.color_reach), mesh, photo_cameras)
+    reach = reach_for(field.world_box().cpu(), resolution, cfg.color_reach)
+    source = field_color_source(field, reach, mesh, photo_cameras)
+    if images is not None and cfg.colors == "views":
+        source = projected_color_source(mesh, images, source, reach)
     texture = cfg.texture if texture is None else texture
     return mesh_asset(mesh, source, texture, texture_size_for(mesh, cfg.texture_size, views), threshold)
 
 
-def export_field(ctx: StageContext, field: NerfField, cfg: ExportConfig,
-                 views: ScoringViews | None = None, photo_cameras: Cameras | None = None) -> trimesh.Trimesh:
+def export_field(ctx: StageContext, field: NerfField, cfg: ExportConfig, views: ScoringViews | None = None,
+                 photo_cameras: Cameras | None = None, images: SourceImages | None = None) -> trimesh.Trimesh:
     """Mesh files (the GLB textured when `cfg.texture`), a point cloud on the mesh and a turntable of
     it, and `mesh_psnr` against `views` when given. A field with no surface at `cfg.threshold` fails
     the stage (UserError): a run that exported no mesh must not end `done`."""
     try:
-        asset = field_asset(field, cfg, cfg.resolution, views, photo_cameras=photo_cameras)
+        asset = field_asset(field, cfg, cfg.resolution, views, photo_cameras=photo_cameras, images=images)
     except UserError as exc:  # an empty or saturated field: nothing to mesh
         ctx.event(message="no surface found at export.threshold; no mesh exported")
         raise UserError(f"no mesh exported ({exc}); config key 'export.threshold' is {cfg.threshold}: "
@@ -188,6 +209,9 @@ def export_object(ctx: StageContext, make_trainer: TrainerFactory) -> None:
     """The export stage of single-object jobs: `export_field` (scored on the generated views when
     the job fitted some), then renders at the evaluation orbit."""
     field, renderer = stage_model(ctx, make_trainer)
-    fitted = ctx.config.method not in DISTILL_METHODS
-    export_field(ctx, field, ctx.config.export, generated_scoring_views(ctx, field, renderer) if fitted else None)
+    if ctx.config.method in DISTILL_METHODS:
+        export_field(ctx, field, ctx.config.export)
+    else:
+        export_field(ctx, field, ctx.config.export, generated_scoring_views(ctx, field, renderer),
+                     images=generated_images(ctx.path))
     save_renders(ctx, field, renderer, eval_cameras(ctx.config.render_size))

@@ -16,8 +16,8 @@ import torch
 from gen3d.errors import UserError
 from gen3d.export import write_mesh
 from gen3d.pipelines.stages.asset import MeshAsset
-from gen3d.pipelines.stages.distill import Distiller
-from gen3d.pipelines.stages.export import ExportConfig, field_asset
+from gen3d.pipelines.stages.distill import DISTILL_METHODS, Distiller
+from gen3d.pipelines.stages.export import ExportConfig, field_asset, generated_images
 from gen3d.pipelines.stages.fit import TrainerFactory
 from gen3d.pipelines.stages.reload import stage_model
 from gen3d.runs import RunFolder, StageContext
@@ -56,7 +56,8 @@ def export_object_mesh(run: RunFolder, make_trainer: TrainerFactory, fmt: str, r
     field, _ = stage_model(ctx, make_trainer)
     cfg = run_export_config(run, ctx.config.export)
     resolution = resolution or cfg.resolution
-    asset = field_asset(field, cfg, resolution, texture=cfg.texture and fmt == "glb")
+    images = None if ctx.config.method in DISTILL_METHODS else generated_images(run.path)
+    asset = field_asset(field, cfg, resolution, texture=cfg.texture and fmt == "glb", images=images)
     return write_export(run, asset, fmt, run.path / "export" / f"mesh-{resolution}.{fmt}", resolution=resolution)
 
 

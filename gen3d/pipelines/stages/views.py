@@ -27,7 +27,9 @@ from gen3d.runs import StageContext
 @dataclass
 class ViewsConfig:
     passes: list[int] = dataclasses.field(default_factory=lambda: [8])  # views per sampling pass
-    elevations: list[float] = dataclasses.field(default_factory=lambda: [15.0, 30.0])  # cycled over views
+    # cycled over views: the prior's lowest and highest training elevations, so low views bound the
+    # object's underside and high ones its top (15/30 left 0.13 radii of wedge under a cube)
+    elevations: list[float] = dataclasses.field(default_factory=lambda: [5.0, 40.0])
     steps: int = ranged(20, low=1)  # sampler steps per pass
     guidance: float | None = None  # None: the prior's default
 
