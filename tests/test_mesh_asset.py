@@ -185,3 +185,47 @@ def test_level_search_skips_levels_without_a_surface():
     cams = from_fov(look_at(torch.tensor([[2.5, 0.0, 0.5]])), 40.0, 32, 32)
     masks = render_mesh(grid_mesh(dens, box, 1.5, solidify=1), cams).rgba[..., 3] > 0.5
     assert best_threshold(dens, box, [1.5, 5.0, 10.0], cams, masks, solidify=1)[0] == 1.5
+
+
+def test_projected_colours_are_what_the_images_show_where_they_see_the_surface():
+    """A ball whose halves are red (+x) and blue (-x), photographed from four sides: surface points
+    take the colour the photos show there; a point hidden from every camera by the ball itself gets
+    no weight, and a point facing away from the only camera that sees its side gets none either."""
+    from gen3d.cameras import orbit
+    from gen3d.render.surface import projected_colors
+
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=RADIUS)
+    red = ball.vertices[:, 0] > 0
+    ball.visual.vertex_colors = np.where(red[:, None], [255, 0, 0, 255], [0, 0, 255, 255]).astype(np.uint8)
+    cams = orbit([0.0] * 4, [0.0, 90.0, 180.0, 270.0], 2.5, 40.0, 64, 64)
+    shot = render_mesh(ball, cams)  # unlit: the exact colours
+    normals = torch.nn.functional.normalize(torch.randn(400, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    normals = normals[normals[:, 0].abs() > 0.3]  # away from the colour boundary
+    normals = normals[normals[:, 2].abs() < 0.5]  # sides the cameras (all at elevation 0) see
+    colour, weight = projected_colors(normals * RADIUS, normals, cams, shot.rgba, shot.depth, tolerance=0.02)
+    assert (weight > 0.01).all()
+    truth = torch.where(normals[:, :1] > 0, torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]))
+    assert (colour - truth).abs().max() < 0.1
+    inner = torch.tensor([[0.0, 0.0, 0.0]])  # the centre: every camera's depth map hides it
+    assert projected_colors(inner, torch.tensor([[1.0, 0.0, 0.0]]), cams, shot.rgba, shot.depth, 0.02)[1].item() == 0
+    one = cams[[0]]  # one camera; a point on the far side of the ball faces away from it
+    back = -one.centers / one.centers.norm() * RADIUS
+    assert projected_colors(back, back / RADIUS, one, shot.rgba[[0]], shot.depth[[0]], 0.02)[1].item() == 0
+
+
+def test_smoothing_flattens_bumps_and_keeps_the_volume():
+    from gen3d.export.clean import smooth
+
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=RADIUS)
+    rng = np.random.default_rng(0)
+    bumpy = ball.copy()
+    bumpy.vertices = ball.vertices * (1 + 0.03 * rng.standard_normal(len(ball.vertices)))[:, None]
+
+    def radial_error_deg(mesh):
+        centres = mesh.triangles_center / np.linalg.norm(mesh.triangles_center, axis=1, keepdims=True)
+        return np.degrees(np.arccos(np.clip((mesh.face_normals * centres).sum(1), -1, 1))).mean()
+
+    smoothed = smooth(bumpy, 10)
+    assert radial_error_deg(bumpy) > 10 and radial_error_deg(smoothed) < 0.4 * radial_error_deg(bumpy)
+    assert abs(smoothed.volume / bumpy.volume - 1) < 0.002
+    assert np.array_equal(smooth(bumpy, 0).vertices, bumpy.vertices)

@@ -129,3 +129,20 @@ def test_bad_inputs_are_user_errors():
         ReconTrainer(ci_config(), torch.zeros(3, 32, 32, 4), cams)
     with pytest.raises(UserError, match="images"):
         ReconTrainer(ci_config(), torch.zeros(12, 32, 32), cams)
+
+
+def test_a_step_with_a_non_finite_loss_changes_nothing_and_is_counted():
+    """One NaN pixel in a batch must not turn every weight into NaN (a 4D fit once did): the
+    step is skipped, counted in the stats and in the checkpoint, and densities stay finite."""
+    from gen3d.fields.nerf import TruncExp
+
+    cams = train_cameras()
+    images = sphere_views(cams)
+    images[..., :3] = float("nan")  # every batch meets it
+    trainer = ReconTrainer(ci_config(), images, cams, seed=0)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    stats = trainer.step()
+    assert stats["skipped_steps"] == 1 and trainer.step_count == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.state_dict()["skipped_steps"] == 1
+    assert torch.isfinite(TruncExp.apply(torch.tensor([100.0, 1e4]))).all()  # no overflow to inf

@@ -86,18 +86,19 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
 
 
 def smooth(mesh: trimesh.Trimesh, iterations: int) -> trimesh.Trimesh:
-    """Taubin smoothing (alternating shrink and inflate steps, so the volume stays): removes the
-    bumps a fit to disagreeing views leaves on flat and round surfaces, keeps the overall shape."""
+    """Laplacian smoothing rescaled to the mesh's volume after every pass: removes the bumps a fit
+    to disagreeing views leaves on flat and round surfaces and keeps the object's size (Taubin's
+    filter shrank a bumpy ball's volume by 5% in 10 passes and cost F-score on exact views)."""
     out = mesh.copy()
     if iterations > 0:
-        trimesh.smoothing.filter_taubin(out, lamb=0.5, nu=-0.53, iterations=iterations)
+        trimesh.smoothing.filter_laplacian(out, lamb=0.5, iterations=iterations, volume_constraint=True)
     return out
 
 
 def clean_mesh(mesh: trimesh.Trimesh, *, keep_largest: bool = True, min_component_fraction: float = 0.05,
                target_faces: int | None = None, max_hole_size: float = 0.05, smooth_iterations: int = 0) -> trimesh.Trimesh:
     """Floaters dropped, small holes filled, at most `target_faces` faces, `smooth_iterations` of
-    Taubin smoothing, every body wound outward.
+    volume-keeping smoothing, every body wound outward.
 
     keep_largest keeps only the largest connected component; otherwise components under
     `min_component_fraction` of the total surface area are dropped. The result is watertight

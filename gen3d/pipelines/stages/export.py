@@ -64,7 +64,7 @@ class ExportConfig:
     # closed, hidden cavities filled, smoothed by one cell (watertight, no hidden tunnels)
     solidify: int = -1
     target_faces: int = 100_000
-    smooth: int = ranged(0, low=0)  # Taubin smoothing iterations after cleaning (volume-preserving; rounds sharp edges a little)
+    smooth: int = ranged(0, low=0)  # Laplacian smoothing passes after cleaning (volume kept; rounds sharp edges a little)
     # pick the level among threshold_ladder(threshold) whose mesh silhouettes match the field's
     # rendered opacity best, where a job has views to compare with
     auto_threshold: bool = True
@@ -83,7 +83,7 @@ class ExportConfig:
 
 
 def object_export_config() -> ExportConfig:
-    """Export sized for one small object: a 64^3 grid, 20k faces, 10 Taubin smoothing passes,
+    """Export sized for one small object: a 64^3 grid, 20k faces, 10 smoothing passes,
     colours from the generated views, a short 128-pixel turntable seen from 30 degrees up, which
     shows openings such as a torus's hole."""
     return ExportConfig(resolution=64, threshold=5.0, solidify=2, target_faces=20_000, smooth=10, colors="views",
