@@ -229,3 +229,16 @@ def test_smoothing_flattens_bumps_and_keeps_the_volume():
     assert radial_error_deg(bumpy) > 10 and radial_error_deg(smoothed) < 0.4 * radial_error_deg(bumpy)
     assert abs(smoothed.volume / bumpy.volume - 1) < 0.002
     assert np.array_equal(smooth(bumpy, 0).vertices, bumpy.vertices)
+
+
+@pytest.mark.parametrize("caption, euler", [("a large green cube with a blue cylinder on top", 2),
+                                            ("a large cyan cone with a cyan cube on top", 2),
+                                            ("a large blue mushroom with a pink torus on top", 2),
+                                            ("a small yellow torus", 0)])
+def test_two_part_objects_are_one_solid_body(caption, euler):
+    """Parts resting on each other are one body (the topology a reconstruction can have); a face
+    two parts share once made the inside test count a cube with a cylinder on top as -6554."""
+    from gen3d.shapeworld.captions import parse_caption
+    from gen3d.shapeworld.shapes import build_mesh
+
+    assert solid_euler(build_mesh(parse_caption(caption))) == euler
