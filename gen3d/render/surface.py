@@ -8,6 +8,10 @@ point, ends `reach` inside it, and its volume-rendered colour (normalised by its
 background mixes in) is the point's colour. A view-dependent field is read from the directions
 the point was photographed from when they are given (weighted), else from the normal's. Where
 such a ray meets no density at all, the colour head at the point itself is used.
+
+The other colour source is the images a field was fitted to (`projected_colors`): for an object
+made from generated views, what those views show at a point is what the user saw, free of the
+noise a short fit leaves in the field's colour.
 """
 
 from __future__ import annotations
