@@ -242,3 +242,25 @@ def test_two_part_objects_are_one_solid_body(caption, euler):
     from gen3d.shapeworld.shapes import build_mesh
 
     assert solid_euler(build_mesh(parse_caption(caption))) == euler
+
+
+def test_view_colours_read_the_field_only_where_the_views_see_little():
+    """Points the views see squarely take the views' colour and never call the field; a point no
+    view sees (the underside, with cameras only around the equator) takes the field's."""
+    from gen3d.cameras import orbit
+    from gen3d.pipelines.stages.asset import SourceImages, projected_color_source
+
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=RADIUS)
+    ball.visual.vertex_colors = np.tile(np.array([[255, 0, 0, 255]], np.uint8), (len(ball.vertices), 1))
+    cams = orbit([0.0] * 4, [0.0, 90.0, 180.0, 270.0], 2.5, 40.0, 64, 64)
+    asked = []
+
+    def field(points, normals):  # a green field
+        asked.append(len(points))
+        return np.tile([0.0, 1.0, 0.0], (len(points), 1))
+
+    source = projected_color_source(ball, SourceImages(cams, render_mesh(ball, cams).rgba), field, 0.02)
+    seen = np.array([[RADIUS, 0.0, 0.0], [0.0, -RADIUS, 0.0]])
+    assert np.allclose(source(seen, seen / RADIUS), [[1, 0, 0], [1, 0, 0]], atol=0.02) and asked == []
+    bottom = np.array([[0.0, 0.0, -RADIUS]])
+    assert np.allclose(source(bottom, bottom / RADIUS), [[0, 1, 0]]) and asked == [1]

@@ -82,8 +82,10 @@ class SourceImages:
 
 
 # Weight of the field's own colour beside the images' (a squarely seen, covered pixel weighs 1):
-# it fills what no image sees (an object's underside) and fades in smoothly where images graze.
+# it fills what no image sees (an object's underside) and fades out smoothly, reaching zero where
+# the images' weight reaches FIELD_COLOR_CUTOFF, so well-seen points never pay for a field read.
 FIELD_COLOR_WEIGHT = 0.05
+FIELD_COLOR_CUTOFF = 0.5
 
 
 def projected_color_source(mesh: trimesh.Trimesh, images: SourceImages, fallback: ColorSource,
@@ -96,8 +98,12 @@ def projected_color_source(mesh: trimesh.Trimesh, images: SourceImages, fallback
     def source(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
         colour, weight = projected_colors(torch.tensor(points), torch.tensor(normals), images.cameras,
                                           images.rgba, depth, tolerance)
-        field = torch.from_numpy(fallback(points, normals)).float()
-        blended = (weight[:, None] * colour + FIELD_COLOR_WEIGHT * field) / (weight[:, None] + FIELD_COLOR_WEIGHT)
+        field_weight = FIELD_COLOR_WEIGHT * (1 - weight / FIELD_COLOR_CUTOFF).clamp_min(0)
+        needed = (field_weight > 0).numpy()
+        field = torch.zeros_like(colour)
+        if needed.any():
+            field[needed] = torch.from_numpy(fallback(points[needed], normals[needed])).float()
+        blended = (weight[:, None] * colour + field_weight[:, None] * field) / (weight + field_weight)[:, None]
         return blended.double().numpy()
 
     return source

@@ -28,7 +28,9 @@ def estimate_distill(job: Job) -> float:
 
 
 def estimate_export(job: Job) -> float:
-    return estimate_object_export_seconds(job.config.export, job.config.render_size)
+    """Objects fitted to generated views are scored on (and coloured from) them; distilled ones have none."""
+    scored = 0 if job.config.method in DISTILL_METHODS else sum(job.config.views.passes)
+    return estimate_object_export_seconds(job.config.export, job.config.render_size, scored)
 
 
 def object_stages(method: str, views: StageFn, fit: StageFn, distill: StageFn, export: StageFn) -> list[Stage]:
