@@ -201,7 +201,8 @@ def test_the_benchmark_ceiling_job_fits_ground_truth_renders(tmp_path):
     from gen3d.pipelines.stages.views import load_views
 
     caption = "a large green cube"
-    cfg = load_config(text_to_3d.Config, CI_CONFIG, [])
+    cfg = load_config(text_to_3d.Config, CI_CONFIG, ["export.texture=false", "export.formats=[ply]",
+                                                      "export.video=false", "export.gif=false"])
     run_job(method_job(TRUTH_VIEWS, cfg, caption), tmp_path / "run", echo=lambda _: None)
     views, cams = load_views(tmp_path / "run")
     assert torch.allclose(cams.c2w, text_to_3d.view_cameras(cfg, 128).c2w)
