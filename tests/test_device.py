@@ -2,6 +2,7 @@
 recorded in the manifest; the CUDA-only checks skip without a GPU."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,18 @@ def test_reconstruct_trains_and_exports_on_cuda(tmp_path, capsys):
     assert code == 0, output
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["metrics"]["psnr"] > 10 and manifest["peak_memory_mb"] > 0
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_gen3d_makes_waiting_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    """Spinning OpenMP threads made a 2-thread fit 29x slower beside one busy process; the policy
+    must be in the environment before torch loads, and a user's own choice wins."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    out = subprocess.run([sys.executable, "-c", "import gen3d, os; print(os.environ['OMP_WAIT_POLICY'])"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
