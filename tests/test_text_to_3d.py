@@ -198,14 +198,14 @@ def test_the_benchmark_ceiling_job_fits_ground_truth_renders(tmp_path):
     """`gen3d bench priors`' reconstruction ceiling: the mv-recon job with ground-truth renders in
     place of generated views, at the same cameras; its mesh covers the true object."""
     from gen3d.bench.text_to_3d import TRUTH_VIEWS, method_job, score
-    from gen3d.pipelines.stages.views import load_views
+    from gen3d.pipelines.stages.views import load_views, view_cameras
 
     caption = "a large green cube"
     cfg = load_config(text_to_3d.Config, CI_CONFIG, ["export.texture=false", "export.formats=[ply]",
                                                       "export.video=false", "export.gif=false"])
     run_job(method_job(TRUTH_VIEWS, cfg, caption), tmp_path / "run", echo=lambda _: None)
     views, cams = load_views(tmp_path / "run")
-    assert torch.allclose(cams.c2w, text_to_3d.view_cameras(cfg, 128).c2w)
+    assert torch.allclose(cams.c2w, view_cameras(cfg.views, 128).c2w)
     truth = render_spec(parse_caption(caption), cams).rgba
     assert (views - truth).abs().max() <= 1 / 255 + 1e-6  # the truth, through 8-bit PNGs
     assert score(tmp_path / "run", caption)["mask_iou"] > 0.8

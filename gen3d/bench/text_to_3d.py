@@ -29,7 +29,7 @@ from gen3d.bench.report import progress
 from gen3d.export.metrics import mask_iou, surface_metrics
 from gen3d.pipelines import text_to_3d
 from gen3d.pipelines.stages.resources import cached_prior, job_prior
-from gen3d.pipelines.stages.views import save_views
+from gen3d.pipelines.stages.views import save_views, view_cameras
 from gen3d.render.mesh import render_mesh
 from gen3d.runs import Job, Stage, StageContext, read_manifest, run_job
 from gen3d.shapeworld import HELD_OUT
@@ -106,7 +106,7 @@ def method_config(method: str, distill_steps: int | None) -> text_to_3d.Config:
 
 def truth_views(ctx: StageContext) -> None:
     """A views stage that saves the caption's ground-truth renders at the job's view cameras."""
-    cams = text_to_3d.view_cameras(ctx.config, job_prior(ctx.config).output_size)
+    cams = view_cameras(ctx.config.views, job_prior(ctx.config).output_size)
     save_views(ctx, render_spec(parse_caption(ctx.inputs["prompt"]), cams).rgba.permute(0, 3, 1, 2).float(),
                cams, FOV_Y_DEG)
 

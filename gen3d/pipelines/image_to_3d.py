@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from gen3d.cameras import Cameras, flat_rays, orbit, pass_cameras
+from gen3d.cameras import Cameras, flat_rays, orbit
 from gen3d.data.foreground import ForegroundConfig, prepare_image
 from gen3d.data.images import save_png
 from gen3d.device import DeviceSettings
@@ -35,7 +35,7 @@ from gen3d.pipelines.stages.fit import FitConfig, fit_views, object_recon_config
 from gen3d.pipelines.stages.plan import object_stages
 from gen3d.pipelines.stages.reexport import export_object_mesh
 from gen3d.pipelines.stages.resources import job_prior
-from gen3d.pipelines.stages.views import ViewsConfig, generate_views, load_views, save_views
+from gen3d.pipelines.stages.views import ViewsConfig, generate_views, load_views, save_views, view_cameras
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.runs import Job, RunFolder, StageContext
 from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS
@@ -95,7 +95,7 @@ def views(ctx: StageContext) -> None:
     observed = observed_view(cfg, ctx.inputs, prior.output_size)
     save_png(observed.images[0].permute(1, 2, 0), ctx.path / "input.png")
     ctx.add_artifact(ctx.path / "input.png", "views", input=True)
-    cams = pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, prior.output_size)
+    cams = view_cameras(cfg.views, prior.output_size)
     rgba = generate_views(prior, None, cams, cfg.views.passes, observed=observed, steps=cfg.views.steps,
                           guidance=cfg.views.guidance, generator=ctx.generator)
     save_views(ctx, torch.cat([observed.images, rgba]), Cameras.cat([observed.cameras, cams]), FOV_Y_DEG)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gen3d.cameras import Cameras, pass_cameras
 from gen3d.device import DeviceSettings
 from gen3d.errors import UserError
 from gen3d.io import slugify
@@ -29,10 +28,10 @@ from gen3d.pipelines.stages.fit import FitConfig, fit_views, object_recon_config
 from gen3d.pipelines.stages.plan import object_stages
 from gen3d.pipelines.stages.reexport import export_object_mesh
 from gen3d.pipelines.stages.resources import job_prior, use_threads
-from gen3d.pipelines.stages.views import ViewsConfig, generate_views, load_views, save_views
+from gen3d.pipelines.stages.views import ViewsConfig, generate_views, load_views, save_views, view_cameras
 from gen3d.recon import ReconConfig, ReconTrainer
 from gen3d.runs import Job, RunFolder, StageContext
-from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS
+from gen3d.shapeworld.scenes import FOV_Y_DEG
 
 KIND = "text-to-3d"
 Method = Literal["mv-recon", "sds", "vsd"]
@@ -54,16 +53,11 @@ class Config(DeviceSettings):
     export: ExportConfig = dataclasses.field(default_factory=object_export_config)
 
 
-def view_cameras(cfg: Config, size: int) -> Cameras:
-    """The cameras of the generated views: passes around the object at `size` pixels."""
-    return pass_cameras(cfg.views.passes, cfg.views.elevations, RADIUS, FOV_Y_DEG, size)
-
-
 def views(ctx: StageContext) -> None:
     cfg: Config = ctx.config
     use_threads(cfg)
     prior = job_prior(cfg)
-    cams = view_cameras(cfg, prior.output_size)
+    cams = view_cameras(cfg.views, prior.output_size)
     rgba = generate_views(prior, ctx.inputs["prompt"], cams, cfg.views.passes, observed=None,
                           steps=cfg.views.steps, guidance=cfg.views.guidance, generator=ctx.generator)
     save_views(ctx, rgba, cams, FOV_Y_DEG)

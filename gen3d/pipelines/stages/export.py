@@ -109,15 +109,15 @@ def render_images(field: NerfField, renderer: VolumeRenderer, cameras: Cameras, 
             for key in ("rgb", "opacity")}
 
 
-def generated_scoring_views(ctx: StageContext, field: NerfField, renderer: VolumeRenderer) -> ScoringViews:
-    """The saved generated views over the renders' background, as the images exports are scored
-    on; the field's own PSNR on them is recorded as `psnr` beside the mesh's."""
-    images, cameras = load_views(ctx.path)
+def generated_scoring_views(ctx: StageContext, field: NerfField, renderer: VolumeRenderer,
+                            views: SourceImages) -> ScoringViews:
+    """The generated `views` (`generated_images`) over the renders' background, as the images
+    exports are scored on; the field's own PSNR on them is recorded as `psnr` beside the mesh's."""
     background = renderer.background(1)[0].detach()
-    targets = composite_onto(images, background)
-    rendered = render_images(field, renderer, cameras)
+    targets = composite_onto(views.rgba, background)
+    rendered = render_images(field, renderer, views.cameras)
     ctx.set_metrics(psnr=round(psnr(rendered["rgb"], targets).mean().item(), 4))
-    return ScoringViews(cameras, targets, tuple(background.tolist()), rendered["opacity"])
+    return ScoringViews(views.cameras, targets, tuple(background.tolist()), rendered["opacity"])
 
 
 def generated_images(run_path: Path) -> SourceImages:
@@ -212,6 +212,7 @@ def export_object(ctx: StageContext, make_trainer: TrainerFactory) -> None:
     if ctx.config.method in DISTILL_METHODS:
         export_field(ctx, field, ctx.config.export)
     else:
-        export_field(ctx, field, ctx.config.export, generated_scoring_views(ctx, field, renderer),
-                     images=generated_images(ctx.path))
+        images = generated_images(ctx.path)  # read once: scored against and coloured from
+        export_field(ctx, field, ctx.config.export, generated_scoring_views(ctx, field, renderer, images),
+                     images=images)
     save_renders(ctx, field, renderer, eval_cameras(ctx.config.render_size))

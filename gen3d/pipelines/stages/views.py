@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gen3d.cameras import Cameras, from_fov
+from gen3d.cameras import Cameras, from_fov, pass_cameras
 from gen3d.config import ranged
 from gen3d.data.images import read_png, save_png
 from gen3d.errors import UserError
 from gen3d.io import atomic_output
 from gen3d.models.prior import Observed, Prior
 from gen3d.runs import StageContext
+from gen3d.shapeworld.scenes import FOV_Y_DEG, RADIUS
 
 
 @dataclass
@@ -32,6 +33,12 @@ class ViewsConfig:
     elevations: list[float] = dataclasses.field(default_factory=lambda: [5.0, 40.0])
     steps: int = ranged(20, low=1)  # sampler steps per pass
     guidance: float | None = None  # None: the prior's default
+
+
+def view_cameras(cfg: ViewsConfig, size: int) -> Cameras:
+    """The cameras of an object job's generated views: `cfg.passes` around the object in the
+    prior's framing, at `size` pixels."""
+    return pass_cameras(cfg.passes, cfg.elevations, RADIUS, FOV_Y_DEG, size)
 
 
 def generate_views(prior: Prior, prompt: str | None, cameras: Cameras, passes: list[int], *,
