@@ -93,6 +93,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         idx = torch.from_numpy(batch_indices(8, 8, 0, seed=0, rank=rank, world=world))
         trainer.step(lambda net: ((net(x[idx]) - y[idx]) ** 2).mean())
         torch.save({"model": trainer.model.state_dict(), "loss": trainer.losses[-1]}, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (SIGABRT)
     finally:
         dist.destroy_process_group()
 
