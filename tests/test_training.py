@@ -170,3 +170,32 @@ def test_two_node_torchrun_launch_on_one_machine(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["metrics"]["steps"] == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]
+
+
+def test_a_model_with_further_set_attention_starts_as_the_model_it_is_initialised_from(tmp_path):
+    from gen3d.errors import UserError
+    from gen3d.models.multiview import MultiViewDenoiser, MVConfig
+    from gen3d.training.pipeline import initialise_from
+
+    torch.manual_seed(0)
+    small = dict(channels=(16, 32, 32), heads=2, emb_dim=32, groups=4)
+    source = MultiViewDenoiser(MVConfig(**small))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_(0, 0.05)  # zero-initialised output layers too: every layer matters
+    source.save_pretrained(tmp_path / "mv")
+    wider = MultiViewDenoiser(MVConfig(**small, attention_from_level=0))
+    initialise_from(wider, tmp_path / "mv")
+    assert wider.down[0].attn is not None and source.down[0].attn is None
+    n, k = 4, 1
+    cond = dict(views=n, plucker=torch.randn(n, 6, 16, 16), obs_latents=torch.randn(n, k, 4, 16, 16),
+                obs_mask=torch.ones(n, k), obs_plucker=torch.randn(n, k, 6, 16, 16), text_tokens=torch.randn(n, 5, 384),
+                text_mask=torch.ones(n, 5, dtype=torch.bool), text_pooled=torch.randn(n, 384))
+    x, t = torch.randn(n, 4, 16, 16), torch.full((n,), 500)
+    assert torch.allclose(wider(x, t, **cond), source(x, t, **cond), atol=1e-6)  # new attention adds zero
+    with torch.no_grad():
+        wider.down[0].attn.out_self.weight.normal_(0, 0.05)
+    assert (wider(x, t, **cond) - source(x, t, **cond)).abs().max() > 1e-4  # ... until it is trained
+    narrower = MultiViewDenoiser(MVConfig(**{**small, "channels": (16, 32, 48)}))
+    with pytest.raises(UserError, match="do not match"):
+        initialise_from(narrower, tmp_path / "mv")

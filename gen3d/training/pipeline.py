@@ -145,7 +145,7 @@ def _multiview_stage(ctx) -> None:
     schedule = noise_schedule()
     model = MultiViewDenoiser(cfg.multiview.model)
     if cfg.multiview.init_from:
-        _initialise_from(model, Path(cfg.multiview.init_from))
+        initialise_from(model, Path(cfg.multiview.init_from))
     trainer = Trainer(model, cfg.multiview.optim)
 
     def loss_fn(net, step: int):
@@ -177,11 +177,16 @@ def _motion_stage(ctx) -> None:
     ctx.log(f"motion head: {len(losses)} steps, final pose MSE {np.mean(losses[-50:]):.2e}")
 
 
-def _initialise_from(model, folder: Path) -> None:
-    """Load a trained multi-view model's weights; only layers it lacks (clip time) keep their init."""
+def initialise_from(model, folder: Path) -> None:
+    """Load a trained multi-view model's weights; layers it lacks keep their init. Only layers whose
+    output starts at zero may be added (clip time, set attention at a further level), so the new
+    model computes exactly the old one until training moves them."""
     source = MultiViewDenoiser.from_pretrained(folder)
-    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("clip_time_mlp.") for key in missing):
+    try:
+        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    except RuntimeError as error:  # a layer of another shape
+        raise UserError(f"{folder}: its layers do not match multiview.model ({str(error).splitlines()[-1].strip()})") from None
+    if unexpected or any(not (key.startswith("clip_time_mlp.") or ".attn." in key) for key in missing):
         raise UserError(f"{folder}: its layers do not match multiview.model (missing {missing}, unexpected {unexpected})")
 
 
