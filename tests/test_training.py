@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from gen3d.cli import main
+from gen3d.errors import UserError
 from gen3d.training.trainer import (
     EMA,
     Trainer,
@@ -144,6 +145,20 @@ def test_ci_smoke_training_lowers_the_loss_and_exports_a_loadable_prior(tmp_path
     out = prior.sample("a red cube", eval_cameras(64)[:4], steps=2, generator=torch.Generator().manual_seed(0))
     assert out.shape == (4, 4, 64, 64) and torch.isfinite(out).all()
 
+    # scripts/export_prior_checkpoint.py: the run's last checkpoint, with the shipped upsampler carried over
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from export_prior_checkpoint import main as export_checkpoint
+    finally:
+        sys.path.pop(0)
+    export_checkpoint(run, tmp_path / "exported", upsampler_from=SHIPPED_AE.parent)
+    exported = load(tmp_path / "exported")  # sha256 manifest checked
+    assert exported.output_size == 128 and json.loads((tmp_path / "exported" / "prior.json").read_text())["trained"]["steps_done"] == 120
+    again = exported.sample("a red cube", eval_cameras(128)[:4], steps=2, generator=torch.Generator().manual_seed(0))
+    assert again.shape == (4, 4, 128, 128) and torch.isfinite(again).all()
+    with pytest.raises(UserError, match="no upsampler"):
+        export_checkpoint(run, tmp_path / "bare", upsampler_from=run / "prior")  # a prior without one
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -173,7 +188,6 @@ def test_two_node_torchrun_launch_on_one_machine(tmp_path):
 
 
 def test_a_model_with_further_set_attention_starts_as_the_model_it_is_initialised_from(tmp_path):
-    from gen3d.errors import UserError
     from gen3d.models.multiview import MultiViewDenoiser, MVConfig
     from gen3d.training.pipeline import initialise_from
 
