@@ -14,20 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 from gen3d.config import from_dict
 from gen3d.errors import UserError
 from gen3d.models.multiview import MultiViewDenoiser, MVConfig
-from gen3d.models.shapeworld_prior import (
-    PRIOR_CONFIG,
-    add_upsampler,
-    export_prior,
-    load_autoencoder,
-    load_upsampler,
-    verify_folder,
-)
+from gen3d.models.shapeworld_prior import PRIOR_CONFIG, UPSAMPLER, export_prior, load_autoencoder, verify_folder
 from gen3d.runs.checkpoint import load_checkpoint
 
 
@@ -43,18 +35,15 @@ def main(run: Path, out: Path, upsampler_from: Path | None = None) -> None:
     info = {"trained": {"config": manifest["inputs"].get("config"), "seed": manifest["seed"],
                         "init_from": config["multiview"]["init_from"] or None, "scenes": config["data"]["scenes"],
                         "steps": config["multiview"]["optim"]["steps"], "steps_done": checkpoint.step}}
-    autoencoder = load_autoencoder(Path(config["multiview"]["autoencoder"]))
-    if upsampler_from is None:
-        export_prior(out, autoencoder, net, info, "shapeworld-mv")
-    else:
+    extras = {}
+    if upsampler_from is not None:  # copied in as it is, with the output size and provenance it gives
         verify_folder(upsampler_from)
-        upsampler = load_upsampler(upsampler_from)
-        if upsampler is None:
+        if not (upsampler_from / UPSAMPLER).is_dir():
             raise UserError(f"{upsampler_from}: has no upsampler/ to carry over")
-        upsampler_info = json.loads((upsampler_from / PRIOR_CONFIG).read_text())["upsampler"]
-        with tempfile.TemporaryDirectory() as scratch:
-            export_prior(Path(scratch) / "prior", autoencoder, net, info, "shapeworld-mv")
-            add_upsampler(Path(scratch) / "prior", out, upsampler, upsampler_info)
+        source = json.loads((upsampler_from / PRIOR_CONFIG).read_text())
+        info.update(output_size=source["output_size"], upsampler=source["upsampler"])
+        extras[UPSAMPLER] = upsampler_from / UPSAMPLER
+    export_prior(out, load_autoencoder(Path(config["multiview"]["autoencoder"])), net, info, "shapeworld-mv", extras)
     print(f"{out}: the EMA of step {checkpoint.step}")
 
 
